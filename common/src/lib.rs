@@ -1,0 +1,10 @@
+//! Sonde's shared vocabulary.
+//!
+//! - [`model`]: series, labels, samples, metric kinds, and their validation rules and limits.
+//! - [`wire`]: the versioned agent-to-collector batch format (envelope, codec, hostile-input limits).
+//! - [`retry`]: the one retry policy (capped exponential backoff with full jitter, Retry-After)
+//!   used by every sender.
+
+pub mod model;
+pub mod retry;
+pub mod wire;
