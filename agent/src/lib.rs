@@ -1,1 +1,15 @@
-//! Sonde agent library.
+//! The Sonde agent. A sample's path: [`sources`] (host metrics) -> [`batch`] (encode with a
+//! sequence number) -> [`buffer`] (bounded, drops oldest) -> [`push`] (retry, failover).
+//! [`pipeline::run`] wires them and owns the shutdown order; [`events`] counts and logs.
+
+pub mod batch;
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod pipeline;
+pub mod push;
+pub mod sources;
+
+pub use pipeline::{AgentError, run};

@@ -4,7 +4,11 @@
 //! - [`wire`]: the versioned agent-to-collector batch format (envelope, codec, hostile-input limits).
 //! - [`retry`]: the one retry policy (capped exponential backoff with full jitter, Retry-After)
 //!   used by every sender.
+//! - [`telemetry`]: self-metric primitives and their text rendering.
+//! - [`duration`]: Prometheus-style durations for flags and config.
 
+pub mod duration;
 pub mod model;
 pub mod retry;
+pub mod telemetry;
 pub mod wire;

@@ -1,0 +1,220 @@
+//! Self-metric primitives shared by the agent and the collector: counters, counters with a
+//! `reason` (or other single) label, gauges and histograms, rendered in the Prometheus text
+//! format. Each binary owns one registry struct of these (its `events` module), injected
+//! where things happen; nothing here is global.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (stored as f64 bits).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Counters keyed by the value of one label (e.g. `reason`). Off the hot path: rejections.
+#[derive(Debug)]
+pub struct LabeledCounter {
+    label: &'static str,
+    values: Mutex<BTreeMap<String, u64>>,
+}
+
+impl LabeledCounter {
+    pub fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+    pub fn add(&self, value: &str, n: u64) {
+        let mut map = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(value) {
+            Some(c) => *c += n,
+            None => {
+                map.insert(value.to_owned(), n);
+            }
+        }
+    }
+    pub fn get(&self, value: &str) -> u64 {
+        let map = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(value).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        let map = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().sum()
+    }
+}
+
+/// A cumulative histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in micro-units, so it can be atomic; rendered divided back.
+    sum_micros: AtomicU64,
+}
+
+/// Latency buckets in seconds, 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes metrics in the Prometheus text format (version 0.0.4).
+#[derive(Default)]
+pub struct TextEncoder {
+    out: String,
+}
+
+impl TextEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, c: &Counter) {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{name} {}", c.get());
+    }
+
+    pub fn labeled_counter(&mut self, name: &str, help: &str, c: &LabeledCounter) {
+        self.header(name, help, "counter");
+        let map = c.values.lock().unwrap_or_else(|e| e.into_inner());
+        for (value, n) in map.iter() {
+            let _ = writeln!(self.out, "{name}{{{}=\"{}\"}} {n}", c.label, escape(value));
+        }
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.out, "{name} {}", format_value(v));
+    }
+
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.header(name, help, "histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in h.bounds.iter().zip(&h.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(self.out, "{name}_sum {sum}");
+        let _ = writeln!(self.out, "{name}_count {count}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Formats a value as Prometheus does: shortest round-trip form, `NaN`, `+Inf`, `-Inf`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format() {
+        let c = Counter::default();
+        c.add(3);
+        let r = LabeledCounter::new("reason");
+        r.add("too_large", 2);
+        r.add("malformed", 1);
+        r.add("too_large", 1);
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let mut e = TextEncoder::new();
+        e.counter("x_total", "Things.", &c);
+        e.labeled_counter("y_total", "Rejections.", &r);
+        e.gauge("z", "A gauge.", f64::INFINITY);
+        e.histogram("lat_seconds", "Latency.", &h);
+        let text = e.finish();
+        assert!(
+            text.contains("# TYPE x_total counter\nx_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("y_total{reason=\"malformed\"} 1\ny_total{reason=\"too_large\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("z +Inf\n"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"0.1\"} 1\nlat_seconds_bucket{le=\"1\"} 2\nlat_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(
+            text.contains("lat_seconds_sum 5.55\nlat_seconds_count 3\n"),
+            "{text}"
+        );
+        assert_eq!(r.total(), 4);
+    }
+}
