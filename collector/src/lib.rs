@@ -1,1 +1,18 @@
-//! Sonde collector library.
+//! The Sonde collector. A pushed batch's path: [`server`] -> [`ingest`] (decode, validate) ->
+//! [`route`] -> [`store`] (the embedded store's WAL and head); [`query`] reads it back through
+//! the Prometheus HTTP API. [`events`] counts and logs what happens on the way.
+//!
+//! [`run`] serves on a listener the caller binds, until a cancellation token fires, so tests
+//! run the whole collector in-process on port 0 and the binary only parses flags and signals.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod ingest;
+pub mod overview;
+pub mod query;
+pub mod route;
+pub mod server;
+pub mod store;
+
+pub use server::{RunError, run};

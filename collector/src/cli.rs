@@ -1,0 +1,75 @@
+//! Raw command-line flags, each with a `SONDE_*` environment fallback. [`crate::config`] turns
+//! them into validated configuration; nothing else reads flags.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Sonde collector: accepts metric batches from agents, stores them durably in the embedded
+/// store, and serves the Prometheus query API.
+#[derive(Debug, Parser)]
+#[command(name = "sonde-collector", version, about)]
+pub struct Cli {
+    /// Address to serve HTTP on (push, query API, health, self-metrics). Without a token file
+    /// only loopback addresses are allowed, unless --insecure-no-auth.
+    #[arg(long, env = "SONDE_LISTEN", default_value = "127.0.0.1:9470")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store (write-ahead log and data). Created if missing.
+    #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
+    pub data_dir: PathBuf,
+
+    /// Allow listening on a non-loopback address without authentication. Anyone who can reach
+    /// the address can then write and read every series.
+    #[arg(long, env = "SONDE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Largest request body accepted, in bytes; larger pushes get 413.
+    #[arg(long, env = "SONDE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Largest decoded (decompressed) batch accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "SONDE_MAX_DECODED_BYTES", default_value_t = 64 << 20)]
+    pub max_decoded_bytes: usize,
+
+    /// Most series one batch may carry.
+    #[arg(long, env = "SONDE_MAX_SERIES_PER_BATCH", default_value_t = 100_000)]
+    pub max_series_per_batch: usize,
+
+    /// Most samples one batch may carry, over all its series.
+    #[arg(long, env = "SONDE_MAX_SAMPLES_PER_BATCH", default_value_t = 1_000_000)]
+    pub max_samples_per_batch: usize,
+
+    /// Most labels per series (the metric name not counted).
+    #[arg(long, env = "SONDE_MAX_LABELS_PER_SERIES", default_value_t = 32)]
+    pub max_labels_per_series: usize,
+
+    /// Longest metric or label name, in bytes.
+    #[arg(long, env = "SONDE_MAX_NAME_LENGTH", default_value_t = 256)]
+    pub max_name_length: usize,
+
+    /// Longest label value, in bytes.
+    #[arg(long, env = "SONDE_MAX_LABEL_VALUE_LENGTH", default_value_t = 2048)]
+    pub max_label_value_length: usize,
+
+    /// Oldest sample accepted, relative to now (e.g. 24h); a batch holding an older one is
+    /// refused with 400 naming the series.
+    #[arg(long, env = "SONDE_MAX_SAMPLE_AGE", default_value = "24h")]
+    pub max_sample_age: String,
+
+    /// How far in the future a sample's timestamp may be (clock skew allowance).
+    #[arg(long, env = "SONDE_MAX_SAMPLE_FUTURE", default_value = "10m")]
+    pub max_sample_future: String,
+
+    /// On SIGTERM, how long to let in-flight requests finish before exiting.
+    #[arg(long, env = "SONDE_DRAIN_TIMEOUT", default_value = "25s")]
+    pub drain_timeout: String,
+
+    /// How far back an instant query looks for a series' latest sample.
+    #[arg(long, env = "SONDE_QUERY_LOOKBACK", default_value = "5m")]
+    pub query_lookback: String,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_collector=debug.
+    #[arg(long, env = "SONDE_LOG", default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,141 @@
+//! Validated configuration, derived from [`crate::cli::Cli`]; each stage gets its own part.
+
+use crate::cli::Cli;
+use sonde_common::duration::parse_duration;
+use sonde_common::model::Limits;
+use sonde_common::wire::WireLimits;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    #[error(
+        "refusing to listen on {0} without authentication: use a loopback address, or pass --insecure-no-auth to accept unauthenticated traffic from the network"
+    )]
+    UnauthenticatedNonLoopback(SocketAddr),
+}
+
+/// What the ingest stage checks.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub wire: WireLimits,
+    pub limits: Limits,
+    pub max_sample_age: Duration,
+    pub max_sample_future: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    pub lookback: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub insecure_no_auth: bool,
+    pub drain_timeout: Duration,
+    pub ingest: IngestConfig,
+    pub query: QueryConfig,
+}
+
+fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|reason| ConfigError::Invalid { flag, reason })
+}
+
+fn positive(flag: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(value)
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, Self::Error> {
+        if !cli.listen.ip().is_loopback() && !cli.insecure_no_auth {
+            return Err(ConfigError::UnauthenticatedNonLoopback(cli.listen));
+        }
+        let ingest = IngestConfig {
+            wire: WireLimits {
+                max_encoded_bytes: positive("max-body-bytes", cli.max_body_bytes)?,
+                max_decoded_bytes: positive("max-decoded-bytes", cli.max_decoded_bytes)?,
+            },
+            limits: Limits {
+                max_labels_per_series: cli.max_labels_per_series,
+                max_name_len: positive("max-name-length", cli.max_name_length)?,
+                max_label_value_len: positive(
+                    "max-label-value-length",
+                    cli.max_label_value_length,
+                )?,
+                max_series_per_batch: positive("max-series-per-batch", cli.max_series_per_batch)?,
+                max_samples_per_batch: positive(
+                    "max-samples-per-batch",
+                    cli.max_samples_per_batch,
+                )?,
+            },
+            max_sample_age: duration("max-sample-age", &cli.max_sample_age)?,
+            max_sample_future: duration("max-sample-future", &cli.max_sample_future)?,
+        };
+        Ok(Config {
+            listen: cli.listen,
+            data_dir: cli.data_dir,
+            insecure_no_auth: cli.insecure_no_auth,
+            drain_timeout: duration("drain-timeout", &cli.drain_timeout)?,
+            ingest,
+            query: QueryConfig {
+                lookback: duration("query-lookback", &cli.query_lookback)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["sonde-collector"];
+        full.extend_from_slice(args);
+        Config::try_from(Cli::try_parse_from(full).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9470");
+        assert_eq!(c.ingest.max_sample_future, Duration::from_secs(600));
+        assert_eq!(c.drain_timeout, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn non_loopback_needs_explicit_opt_in() {
+        let err = parse(&["--listen", "0.0.0.0:9470"]).unwrap_err();
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+        assert!(parse(&["--listen", "0.0.0.0:9470", "--insecure-no-auth"]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = parse(&["--max-sample-age", "soon"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--max-sample-age: invalid duration"),
+            "{err}"
+        );
+        let err = parse(&["--max-body-bytes", "0"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--max-body-bytes: must be greater than zero"
+        );
+    }
+}

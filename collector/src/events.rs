@@ -1,0 +1,157 @@
+//! The collector's self-metrics: one method per thing that happens, which counts it and logs it
+//! in one place. Rendered at `GET /metrics` with the `sonde_collector_` prefix.
+
+use sonde_common::telemetry::{Counter, Histogram, LATENCY_BUCKETS, LabeledCounter, TextEncoder};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::store::{AppendStats, StoreStats};
+
+/// Log at most one line per reason per this interval, so hostile traffic cannot flood logs.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Events {
+    started: Instant,
+    pub batches_received: Counter,
+    pub samples_received: Counter,
+    pub bytes_received: Counter,
+    pub batches_rejected: LabeledCounter,
+    pub samples_rejected: LabeledCounter,
+    pub samples_dropped: LabeledCounter,
+    pub push_duration: Histogram,
+    pub queries: LabeledCounter,
+    last_log_ms: AtomicU64,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            batches_received: Counter::default(),
+            samples_received: Counter::default(),
+            bytes_received: Counter::default(),
+            batches_rejected: LabeledCounter::new("reason"),
+            samples_rejected: LabeledCounter::new("reason"),
+            samples_dropped: LabeledCounter::new("reason"),
+            push_duration: Histogram::new(LATENCY_BUCKETS),
+            queries: LabeledCounter::new("endpoint"),
+            last_log_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Events {
+    /// True at most once per [`LOG_EVERY`] (shared by all rate-limited log lines).
+    fn should_log(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64)
+            && self
+                .last_log_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    pub fn batch_accepted(
+        &self,
+        bytes: usize,
+        stats: &AppendStats,
+        samples: usize,
+        took: Duration,
+    ) {
+        self.batches_received.inc();
+        self.samples_received.add(samples as u64);
+        self.bytes_received.add(bytes as u64);
+        self.push_duration.observe(took.as_secs_f64());
+        if stats.duplicates > 0 {
+            self.samples_dropped.add("duplicate", stats.duplicates);
+        }
+        if stats.out_of_order > 0 || stats.conflicts > 0 {
+            self.samples_dropped.add("out_of_order", stats.out_of_order);
+            self.samples_dropped
+                .add("duplicate_timestamp_conflict", stats.conflicts);
+            if self.should_log() {
+                tracing::warn!(
+                    out_of_order = stats.out_of_order,
+                    conflicts = stats.conflicts,
+                    "dropped samples older than their series' newest sample, or repeating a stored timestamp with another value"
+                );
+            }
+        }
+    }
+
+    /// A whole batch was refused; `samples` is how many it carried (0 if undecodable).
+    pub fn batch_rejected(&self, reason: &'static str, samples: usize, peer: &str, cause: &str) {
+        self.batches_rejected.add(reason, 1);
+        self.samples_rejected.add(reason, samples as u64);
+        if self.should_log() {
+            tracing::warn!(reason, samples, peer, "rejected batch: {cause}");
+        }
+    }
+
+    pub fn query(&self, endpoint: &'static str) {
+        self.queries.add(endpoint, 1);
+    }
+
+    pub fn render(&self, store: &StoreStats) -> String {
+        let mut e = TextEncoder::new();
+        e.counter(
+            "sonde_collector_batches_received_total",
+            "Batches accepted (acknowledged with 200).",
+            &self.batches_received,
+        );
+        e.counter(
+            "sonde_collector_samples_received_total",
+            "Samples in accepted batches.",
+            &self.samples_received,
+        );
+        e.counter(
+            "sonde_collector_received_bytes_total",
+            "Bytes of accepted request bodies, as sent.",
+            &self.bytes_received,
+        );
+        e.labeled_counter(
+            "sonde_collector_batches_rejected_total",
+            "Batches refused, by reason.",
+            &self.batches_rejected,
+        );
+        e.labeled_counter(
+            "sonde_collector_samples_rejected_total",
+            "Samples in refused batches, by reason.",
+            &self.samples_rejected,
+        );
+        e.labeled_counter("sonde_collector_samples_dropped_total", "Samples of accepted batches not stored, by reason (duplicates of stored samples are harmless).", &self.samples_dropped);
+        e.histogram(
+            "sonde_collector_push_duration_seconds",
+            "Time from request to acknowledgement of accepted pushes.",
+            &self.push_duration,
+        );
+        e.labeled_counter(
+            "sonde_collector_queries_total",
+            "Query API requests, by endpoint.",
+            &self.queries,
+        );
+        e.gauge(
+            "sonde_collector_store_series",
+            "Series in the embedded store's head.",
+            store.series as f64,
+        );
+        e.gauge(
+            "sonde_collector_store_head_samples",
+            "Samples in the embedded store's head.",
+            store.samples_in_head as f64,
+        );
+        e.gauge(
+            "sonde_collector_store_wal_bytes",
+            "Bytes in the embedded store's write-ahead log.",
+            store.wal_bytes as f64,
+        );
+        e.gauge(
+            "sonde_collector_uptime_seconds",
+            "Seconds since the collector started.",
+            self.started.elapsed().as_secs_f64(),
+        );
+        e.finish()
+    }
+}

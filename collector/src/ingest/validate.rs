@@ -1,0 +1,75 @@
+//! Semantic checks of a decoded batch: names, labels and counts (the model's rules and limits)
+//! and the time window. The first problem found refuses the whole batch, naming the series.
+
+use sonde_common::wire::Batch;
+
+use super::IngestError;
+use crate::config::IngestConfig;
+
+pub fn validate(batch: &Batch, cfg: &IngestConfig, now_ms: i64) -> Result<(), IngestError> {
+    batch.validate(&cfg.limits)?;
+    let min_ms = now_ms.saturating_sub(cfg.max_sample_age.as_millis() as i64);
+    let max_ms = now_ms.saturating_add(cfg.max_sample_future.as_millis() as i64);
+    for view in batch.iter() {
+        for sample in view.samples() {
+            if sample.timestamp_ms < min_ms {
+                return Err(IngestError::TooOld {
+                    series: view.to_series().to_string(),
+                    timestamp_ms: sample.timestamp_ms,
+                    min_ms,
+                });
+            }
+            if sample.timestamp_ms > max_ms {
+                return Err(IngestError::TooNew {
+                    series: view.to_series().to_string(),
+                    timestamp_ms: sample.timestamp_ms,
+                    max_ms,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_common::model::{Limits, MetricKind, Sample, Series};
+    use sonde_common::wire::{BatchBuilder, BatchHeader, WireLimits};
+    use std::time::Duration;
+
+    fn cfg() -> IngestConfig {
+        IngestConfig {
+            wire: WireLimits::default(),
+            limits: Limits::default(),
+            max_sample_age: Duration::from_secs(3600),
+            max_sample_future: Duration::from_secs(60),
+        }
+    }
+
+    fn batch(ts: i64) -> Batch {
+        let mut b = BatchBuilder::new(BatchHeader {
+            agent_id: "a".into(),
+            sequence: 1,
+            sent_at_ms: ts,
+        });
+        b.push(
+            &Series::new("up", [("host", "h")]),
+            MetricKind::Gauge,
+            None,
+            vec![Sample::new(ts, 1.0)],
+        );
+        b.build()
+    }
+
+    #[test]
+    fn time_window_names_the_series() {
+        let now = 1_764_000_000_000;
+        validate(&batch(now), &cfg(), now).unwrap();
+        let err = validate(&batch(now - 3_601_000), &cfg(), now).unwrap_err();
+        assert_eq!(err.reason(), "too_old");
+        assert!(err.to_string().contains("up{host=\"h\"}"), "{err}");
+        let err = validate(&batch(now + 61_000), &cfg(), now).unwrap_err();
+        assert_eq!(err.reason(), "too_new");
+    }
+}

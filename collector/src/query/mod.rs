@@ -1,0 +1,297 @@
+//! The Prometheus HTTP API over the embedded store: `/api/v1/query`, `/api/v1/query_range`,
+//! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`,
+//! `/api/v1/status/buildinfo` and `/api/v1/metadata`, in Prometheus's exact JSON shapes
+//! (success and error), for GET and form-encoded POST, so Grafana's Prometheus data source
+//! works unchanged.
+
+pub mod eval;
+pub mod params;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::server::{AppState, Body};
+use crate::store::Matcher;
+use eval::{Plan, SeriesPoints};
+use params::{Params, parse_step, parse_time};
+
+/// Largest form body a query request may carry.
+const MAX_FORM_BYTES: usize = 1 << 20;
+
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+fn bad_data(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        kind: "bad_data",
+        message: message.into(),
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn success(data: Value) -> Response<Body> {
+    json_response(StatusCode::OK, json!({"status": "success", "data": data}))
+}
+
+impl ApiError {
+    fn into_response(self) -> Response<Body> {
+        json_response(
+            self.status,
+            json!({"status": "error", "errorType": self.kind, "error": self.message}),
+        )
+    }
+}
+
+/// Dispatches `/api/v1/*` requests other than push.
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::POST {
+        return ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "bad_data",
+            message: format!("method {method} not allowed on {path}"),
+        }
+        .into_response();
+    }
+    let params = match read_params(req).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let result = match path.as_str() {
+        "/api/v1/query" => {
+            state.events.query("query");
+            instant_query(state, &params)
+        }
+        "/api/v1/query_range" => {
+            state.events.query("query_range");
+            range_query(state, &params)
+        }
+        "/api/v1/series" => {
+            state.events.query("series");
+            series(state, &params)
+        }
+        "/api/v1/labels" => {
+            state.events.query("labels");
+            labels(state, &params)
+        }
+        "/api/v1/status/buildinfo" => Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": "",
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+            "application": "sonde-collector",
+        })),
+        "/api/v1/metadata" => Ok(json!({})),
+        p => match p
+            .strip_prefix("/api/v1/label/")
+            .and_then(|r| r.strip_suffix("/values"))
+        {
+            Some(name) => {
+                state.events.query("label_values");
+                label_values(state, name, &params)
+            }
+            None => Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "bad_data",
+                message: format!("unknown API endpoint {p}"),
+            }),
+        },
+    };
+    match result {
+        Ok(data) => success(data),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read_params(req: Request<Incoming>) -> Result<Params, ApiError> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if req.method() == Method::GET {
+        return Ok(Params::parse(&[query.as_bytes()]));
+    }
+    let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|e| bad_data(format!("cannot read form body: {e}")))?
+        .to_bytes();
+    Ok(Params::parse(&[query.as_bytes(), &body]))
+}
+
+fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+    params
+        .get(name)
+        .ok_or_else(|| bad_data(format!("invalid parameter \"{name}\": missing")))
+}
+
+fn time_or(params: &Params, name: &str, default: i64) -> Result<i64, ApiError> {
+    match params.get(name) {
+        None | Some("") => Ok(default),
+        Some(v) => parse_time(name, v).map_err(bad_data),
+    }
+}
+
+fn seconds(ms: i64) -> Value {
+    json!(ms as f64 / 1000.0)
+}
+
+fn point(s: &sonde_common::model::Sample) -> Value {
+    json!([
+        seconds(s.timestamp_ms),
+        sonde_common::telemetry::format_value(s.value)
+    ])
+}
+
+fn metric_json(series: &sonde_common::model::Series) -> Value {
+    let map: Map<String, Value> = eval::metric_labels(series)
+        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+        .collect();
+    Value::Object(map)
+}
+
+fn instant_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+    let query = required(params, "query")?;
+    let t = time_or(params, "time", sonde_common::model::now_ms())?;
+    let lookback = state.config.query.lookback.as_millis() as i64;
+    match eval::plan(query).map_err(bad_data)? {
+        Plan::Scalar(v) => Ok(
+            json!({"resultType": "scalar", "result": [seconds(t), sonde_common::telemetry::format_value(v)]}),
+        ),
+        Plan::Vector(sel) => {
+            let result: Vec<Value> = eval::eval_vector(&state.store, &sel, &[t], t, t, lookback)
+                .iter()
+                .map(|sp| json!({"metric": metric_json(&sp.series), "value": point(&sp.points[0])}))
+                .collect();
+            Ok(json!({"resultType": "vector", "result": result}))
+        }
+        Plan::Matrix(sel, range) => Ok(
+            json!({"resultType": "matrix", "result": matrix(&eval::eval_matrix(&state.store, &sel, t, range))}),
+        ),
+    }
+}
+
+fn matrix(result: &[SeriesPoints]) -> Vec<Value> {
+    result
+        .iter()
+        .map(|sp| json!({"metric": metric_json(&sp.series), "values": sp.points.iter().map(point).collect::<Vec<_>>()}))
+        .collect()
+}
+
+fn range_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+    let query = required(params, "query")?;
+    let start = parse_time("start", required(params, "start")?).map_err(bad_data)?;
+    let end = parse_time("end", required(params, "end")?).map_err(bad_data)?;
+    let step = parse_step(required(params, "step")?).map_err(bad_data)?;
+    if end < start {
+        return Err(bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    if (end - start) / step >= eval::MAX_POINTS_PER_SERIES {
+        return Err(bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    let steps: Vec<i64> = (0..)
+        .map(|i| start + i * step)
+        .take_while(|t| *t <= end)
+        .collect();
+    let lookback = state.config.query.lookback.as_millis() as i64;
+    match eval::plan(query).map_err(bad_data)? {
+        Plan::Scalar(v) => {
+            let points: Vec<Value> = steps
+                .iter()
+                .map(|t| json!([seconds(*t), sonde_common::telemetry::format_value(v)]))
+                .collect();
+            Ok(json!({"resultType": "matrix", "result": [{"metric": {}, "values": points}]}))
+        }
+        Plan::Vector(sel) => Ok(
+            json!({"resultType": "matrix", "result": matrix(&eval::eval_vector(&state.store, &sel, &steps, start, end, lookback))}),
+        ),
+        Plan::Matrix(..) => Err(bad_data(
+            "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector",
+        )),
+    }
+}
+
+/// `match[]` selectors; `required` says whether at least one must be given.
+fn selectors(params: &Params, required: bool) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let raw = params.all("match[]");
+    if required && raw.is_empty() {
+        return Err(bad_data("no match[] parameter provided"));
+    }
+    raw.iter()
+        .map(|s| {
+            eval::series_selector(s)
+                .map_err(|e| bad_data(format!("invalid parameter \"match[]\": {e}")))
+        })
+        .collect()
+}
+
+fn range_params(params: &Params) -> Result<(i64, i64), ApiError> {
+    Ok((
+        time_or(params, "start", i64::MIN)?,
+        time_or(params, "end", i64::MAX)?,
+    ))
+}
+
+fn series(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+    let sets = selectors(params, true)?;
+    let (start, end) = range_params(params)?;
+    let mut found: Vec<sonde_common::model::Series> = sets
+        .iter()
+        .flat_map(|m| state.store.series(m, start, end))
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(Value::Array(found.iter().map(metric_json).collect()))
+}
+
+fn labels(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+    let sets = selectors(params, false)?;
+    let (start, end) = range_params(params)?;
+    let mut names: Vec<String> = if sets.is_empty() {
+        state.store.label_names(&[], start, end)
+    } else {
+        sets.iter()
+            .flat_map(|m| state.store.label_names(m, start, end))
+            .collect()
+    };
+    names.sort();
+    names.dedup();
+    Ok(json!(names))
+}
+
+fn label_values(state: &AppState, name: &str, params: &Params) -> Result<Value, ApiError> {
+    if !sonde_common::model::is_valid_label_name(name) {
+        return Err(bad_data(format!("invalid label name: \"{name}\"")));
+    }
+    let sets = selectors(params, false)?;
+    let (start, end) = range_params(params)?;
+    let mut values: Vec<String> = if sets.is_empty() {
+        state.store.label_values(name, &[], start, end)
+    } else {
+        sets.iter()
+            .flat_map(|m| state.store.label_values(name, m, start, end))
+            .collect()
+    };
+    values.sort();
+    values.dedup();
+    Ok(json!(values))
+}

@@ -1,0 +1,219 @@
+//! The HTTP server: accepts connections, dispatches by path, and shuts down in a fixed order.
+//!
+//! Shutdown order (on the cancellation token, i.e. SIGTERM in the binary): `/readyz` turns
+//! 503 at once; the listener is dropped (no new connections); in-flight requests finish, bounded
+//! by the drain timeout; the store's WAL writer fsyncs what is pending and stops. A push that
+//! got its 200 was durable before the reply, so nothing acknowledged depends on this order.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::Events;
+use crate::ingest::{self, IngestError};
+use crate::query;
+use crate::route::Router;
+use crate::store::{Store, StoreConfig, StoreError};
+
+pub type Body = Full<Bytes>;
+
+/// Everything a request handler can reach.
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub router: Router,
+    pub events: Events,
+    ready: AtomicBool,
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot open the store in {dir}: {source}")]
+    OpenStore {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the collector on `listener` until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Store::open(StoreConfig::new(dir))
+    })
+    .await?
+    .map_err(|source| RunError::OpenStore { dir, source })?;
+    let state = Arc::new(AppState {
+        router: Router::new(store.clone()),
+        store,
+        events: Events::default(),
+        ready: AtomicBool::new(true),
+        config,
+    });
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, data_dir = %state.config.data_dir.display(), "collector ready");
+
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        tracing::warn!("cannot accept connection: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended with error: {e}");
+                    }
+                });
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    state.ready.store(false, Ordering::SeqCst);
+    drop(listener);
+    tracing::info!(timeout = ?state.config.drain_timeout, "shutting down: draining in-flight requests");
+    if tokio::time::timeout(state.config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with requests still in flight; closing them");
+    }
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.close()).await?;
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/api/v1/push") => push(&state, peer, req).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let body = state.events.render(&state.store.stats());
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (_, p) if p.starts_with("/api/v1/") => query::handle(&state, req).await,
+        (&Method::GET, "/") => {
+            let lookback = state.config.query.lookback.as_millis() as i64;
+            let page =
+                crate::overview::render(&state.store, sonde_common::model::now_ms(), lookback);
+            let mut resp = Response::new(Full::new(Bytes::from(page)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `POST /api/v1/push`: the whole ingest path. 200 only after the batch is durable.
+async fn push(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let cfg = &state.config.ingest;
+    let (parts, body) = req.into_parts();
+    let peer = peer.to_string();
+    let reject = |e: IngestError, samples: usize| {
+        state
+            .events
+            .batch_rejected(e.reason(), samples, &peer, &e.to_string());
+        text(e.status(), format!("{e}\n"))
+    };
+    let compression = match ingest::decode::check_headers(&parts.headers) {
+        Ok(c) => c,
+        Err(e) => return reject(e, 0),
+    };
+    let bytes =
+        match ingest::decode::read_body(body, &parts.headers, cfg.wire.max_encoded_bytes).await {
+            Ok(b) => b,
+            Err(e) => return reject(e, 0),
+        };
+    let batch = match ingest::decode::decode_batch(&bytes, compression, &cfg.wire) {
+        Ok(b) => b,
+        Err(e) => return reject(e, 0),
+    };
+    let samples = batch.sample_count();
+    if let Err(e) = ingest::validate::validate(&batch, cfg, sonde_common::model::now_ms()) {
+        return reject(e, samples);
+    }
+    match state.router.route(&batch).await {
+        Ok(stats) => {
+            state
+                .events
+                .batch_accepted(bytes.len(), &stats, samples, started.elapsed());
+            text(StatusCode::OK, "")
+        }
+        Err(e) => {
+            state
+                .events
+                .batch_rejected("store_unavailable", samples, &peer, &e.to_string());
+            let mut resp = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot store batch: {e}\n"),
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,762 @@
+//! The head: every series in memory, its samples in Gorilla chunks, and the inverted index
+//! that finds series by label.
+//!
+//! - Series live in a `Vec` and are named internally by their position, a [`Slot`]; the WAL
+//!   names them by a `ref` that survives restarts. `refs` maps one to the other (several refs
+//!   can name one slot only after a damaged WAL lost a SERIES record and the series was logged
+//!   again under a new ref).
+//! - Appends find a series by a hash of its identity (name + labels), computed from borrowed
+//!   strings, so the hit path allocates nothing; hash collisions are kept in a side table.
+//! - Postings: (label name, value) -> sorted slots, with the metric name under `__name__`.
+//!   Slots are handed out in increasing order, so appending to a postings list keeps it sorted.
+//! - Each series keeps its newest sample unpacked, so the common append (a newer timestamp) and
+//!   the common retry (the newest timestamp again) decode nothing.
+//!
+//! The head has no locking of its own: the store wraps it in a `RwLock`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+
+use sonde_common::model::{Label, Sample, Series};
+
+use super::chunk::{Chunk, SAMPLES_PER_CHUNK, SealedChunk};
+use super::matcher::{MatchOp, Matcher};
+
+/// A series' position in the head.
+pub(crate) type Slot = u32;
+
+/// The label name the metric name is indexed under.
+pub(crate) const METRIC_NAME_LABEL: &str = "__name__";
+
+/// What appending a sample to a series would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Append,
+    /// The series already holds this timestamp with the same value (bitwise).
+    Duplicate,
+    /// The series already holds this timestamp with another value; the first one stays.
+    Conflict,
+    /// Older than the series' newest sample and not already stored.
+    OutOfOrder,
+}
+
+/// One series and its samples.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub(crate) series: Series,
+    /// Its id in the WAL.
+    pub(crate) wal_ref: u64,
+    /// Whether a SERIES record for it is durable in the WAL.
+    pub(crate) logged: bool,
+    sealed: Vec<SealedChunk>,
+    open: Chunk,
+    /// Newest sample: timestamp and value bits.
+    last: Option<(i64, u64)>,
+}
+
+impl MemSeries {
+    fn new(series: Series, wal_ref: u64, logged: bool) -> Self {
+        Self {
+            series,
+            wal_ref,
+            logged,
+            sealed: Vec::new(),
+            open: Chunk::new(),
+            last: None,
+        }
+    }
+
+    /// Whether this series is `name` + `labels`.
+    fn is<'a>(
+        &self,
+        name: &str,
+        mut labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> bool {
+        self.series.name == name
+            && self.series.labels.len() == labels.len()
+            && self.series.labels.iter().all(|l| {
+                labels
+                    .next()
+                    .is_some_and(|(n, v)| l.name == n && l.value == v)
+            })
+    }
+
+    pub(crate) fn classify(&self, t: i64, bits: u64) -> Verdict {
+        let Some((last_t, last_bits)) = self.last else {
+            return Verdict::Append;
+        };
+        if t > last_t {
+            return Verdict::Append;
+        }
+        let stored = if t == last_t {
+            Some(last_bits)
+        } else {
+            self.find(t)
+        };
+        match stored {
+            Some(b) if b == bits => Verdict::Duplicate,
+            Some(_) => Verdict::Conflict,
+            None => Verdict::OutOfOrder,
+        }
+    }
+
+    /// The value bits stored at timestamp `t`, if any.
+    fn find(&self, t: i64) -> Option<u64> {
+        let scan = |mut it: super::chunk::ChunkIter<'_>| {
+            it.find(|s| s.timestamp_ms >= t)
+                .filter(|s| s.timestamp_ms == t)
+                .map(|s| s.value.to_bits())
+        };
+        if !self.open.is_empty() && t >= self.open.min_t() {
+            return scan(self.open.iter());
+        }
+        let i = self.sealed.partition_point(|c| c.max_t < t);
+        let chunk = self.sealed.get(i)?;
+        if t < chunk.min_t {
+            return None;
+        }
+        scan(chunk.iter())
+    }
+
+    /// Appends if the sample is new; returns what happened.
+    fn append(&mut self, t: i64, v: f64) -> Verdict {
+        let bits = v.to_bits();
+        let verdict = self.classify(t, bits);
+        if verdict != Verdict::Append {
+            return verdict;
+        }
+        if self.open.len() >= SAMPLES_PER_CHUNK {
+            let full = std::mem::take(&mut self.open);
+            self.sealed.push(full.seal());
+        }
+        if self.open.append(t, v) {
+            self.last = Some((t, bits));
+        }
+        verdict
+    }
+
+    /// Calls `f` with every sample in `[start, end]`, oldest first, until it returns false.
+    fn scan_range(&self, start: i64, end: i64, mut f: impl FnMut(Sample) -> bool) {
+        if start > end {
+            return;
+        }
+        let first = self.sealed.partition_point(|c| c.max_t < start);
+        let sealed = self.sealed.get(first..).unwrap_or_default();
+        let chunks = sealed
+            .iter()
+            .take_while(|c| c.min_t <= end)
+            .map(SealedChunk::iter)
+            .chain((!self.open.is_empty() && self.open.min_t() <= end).then(|| self.open.iter()));
+        for chunk in chunks {
+            for s in chunk {
+                if s.timestamp_ms > end {
+                    return;
+                }
+                if s.timestamp_ms >= start && !f(s) {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn samples_in(&self, start: i64, end: i64) -> Vec<Sample> {
+        let mut out = Vec::new();
+        self.scan_range(start, end, |s| {
+            out.push(s);
+            true
+        });
+        out
+    }
+
+    pub(crate) fn has_samples_in(&self, start: i64, end: i64) -> bool {
+        match self.last {
+            None => false,
+            Some((last_t, _)) if last_t < start => false,
+            Some(_) => {
+                let mut found = false;
+                self.scan_range(start, end, |_| {
+                    found = true;
+                    false
+                });
+                found
+            }
+        }
+    }
+}
+
+/// Why a SERIES entry could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SeriesConflict {
+    #[error("ref {sref} names {existing} but the WAL now says {new}")]
+    RefReused {
+        sref: u64,
+        existing: String,
+        new: String,
+    },
+    #[error("more than {} series", Slot::MAX)]
+    Full,
+}
+
+/// The in-memory series and their index.
+#[derive(Debug)]
+pub(crate) struct Head {
+    series: Vec<MemSeries>,
+    refs: HashMap<u64, Slot, BuildIdHasher>,
+    by_hash: HashMap<u64, Slot, BuildIdHasher>,
+    /// Slots whose identity hash equals that of the slot in `by_hash` under the same key.
+    collisions: HashMap<u64, Vec<Slot>, BuildIdHasher>,
+    postings: HashMap<String, HashMap<String, Vec<Slot>>>,
+    hasher: RandomState,
+    next_ref: u64,
+    samples: u64,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Head {
+    pub(crate) fn new() -> Self {
+        Self {
+            series: Vec::new(),
+            refs: HashMap::default(),
+            by_hash: HashMap::default(),
+            collisions: HashMap::default(),
+            postings: HashMap::new(),
+            hasher: RandomState::new(),
+            next_ref: 1,
+            samples: 0,
+        }
+    }
+
+    pub(crate) fn series_count(&self) -> u64 {
+        self.series.len() as u64
+    }
+
+    pub(crate) fn sample_count(&self) -> u64 {
+        self.samples
+    }
+
+    pub(crate) fn get(&self, slot: Slot) -> Option<&MemSeries> {
+        self.series.get(slot as usize)
+    }
+
+    /// Hash of a series identity. Labels must come sorted, as in a [`Series`] or a batch.
+    pub(crate) fn identity_hash<'a>(
+        &self,
+        name: &str,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        // `str::hash` ends each string with 0xff, which UTF-8 never contains: no ambiguity.
+        name.hash(&mut h);
+        h.write_usize(labels.len());
+        for (n, v) in labels {
+            n.hash(&mut h);
+            v.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The slot of series `name` + `labels()` whose identity hashes to `hash`.
+    pub(crate) fn lookup<'a, I>(
+        &self,
+        hash: u64,
+        name: &str,
+        labels: impl Fn() -> I,
+    ) -> Option<Slot>
+    where
+        I: ExactSizeIterator<Item = (&'a str, &'a str)>,
+    {
+        let is = |slot: Slot| self.get(slot).is_some_and(|s| s.is(name, labels()));
+        let first = *self.by_hash.get(&hash)?;
+        if is(first) {
+            return Some(first);
+        }
+        self.collisions.get(&hash)?.iter().copied().find(|&s| is(s))
+    }
+
+    /// Finds or creates (with a fresh ref, not yet logged) the series for an append.
+    pub(crate) fn get_or_create<'a, I>(
+        &mut self,
+        hash: u64,
+        name: &str,
+        labels: impl Fn() -> I,
+    ) -> Result<Slot, SeriesConflict>
+    where
+        I: ExactSizeIterator<Item = (&'a str, &'a str)>,
+    {
+        if let Some(slot) = self.lookup(hash, name, &labels) {
+            return Ok(slot);
+        }
+        let series = Series {
+            name: name.to_owned(),
+            labels: labels().map(|(n, v)| Label::new(n, v)).collect(),
+        };
+        let sref = self.next_ref;
+        self.create(hash, series, sref, false)
+    }
+
+    fn create(
+        &mut self,
+        hash: u64,
+        series: Series,
+        sref: u64,
+        logged: bool,
+    ) -> Result<Slot, SeriesConflict> {
+        let slot = Slot::try_from(self.series.len()).map_err(|_| SeriesConflict::Full)?;
+        self.index(slot, METRIC_NAME_LABEL, &series.name);
+        for l in &series.labels {
+            self.index(slot, &l.name, &l.value);
+        }
+        match self.by_hash.get(&hash) {
+            None => {
+                self.by_hash.insert(hash, slot);
+            }
+            Some(_) => self.collisions.entry(hash).or_default().push(slot),
+        }
+        self.refs.insert(sref, slot);
+        self.next_ref = self.next_ref.max(sref.saturating_add(1));
+        self.series.push(MemSeries::new(series, sref, logged));
+        Ok(slot)
+    }
+
+    fn index(&mut self, slot: Slot, name: &str, value: &str) {
+        let values = match self.postings.get_mut(name) {
+            Some(v) => v,
+            None => self.postings.entry(name.to_owned()).or_default(),
+        };
+        let list = match values.get_mut(value) {
+            Some(l) => l,
+            None => values.entry(value.to_owned()).or_default(),
+        };
+        // Slots grow, so this is a push; the search only guards the invariant.
+        if let Err(pos) = list.binary_search(&slot) {
+            list.insert(pos, slot);
+        }
+    }
+
+    /// Applies a SERIES entry from the WAL: creates the series under `sref` (at replay), or
+    /// marks it durable (after the group commit that carried it).
+    pub(crate) fn apply_series(
+        &mut self,
+        sref: u64,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Slot, SeriesConflict> {
+        if let Some(&slot) = self.refs.get(&sref) {
+            let Some(s) = self.series.get_mut(slot as usize) else {
+                return Err(SeriesConflict::Full);
+            };
+            if !s.is(name, labels.iter().copied()) {
+                return Err(SeriesConflict::RefReused {
+                    sref,
+                    existing: s.series.to_string(),
+                    new: Series::new(name, labels.iter().copied()).to_string(),
+                });
+            }
+            s.logged = true;
+            return Ok(slot);
+        }
+        let hash = self.identity_hash(name, labels.iter().copied());
+        if let Some(slot) = self.lookup(hash, name, || labels.iter().copied()) {
+            self.refs.insert(sref, slot);
+            self.next_ref = self.next_ref.max(sref.saturating_add(1));
+            if let Some(s) = self.series.get_mut(slot as usize) {
+                s.logged = true;
+            }
+            return Ok(slot);
+        }
+        let series = Series {
+            name: name.to_owned(),
+            labels: labels.iter().map(|&(n, v)| Label::new(n, v)).collect(),
+        };
+        self.create(hash, series, sref, true)
+    }
+
+    pub(crate) fn slot_of_ref(&self, sref: u64) -> Option<Slot> {
+        self.refs.get(&sref).copied()
+    }
+
+    /// Appends a sample to a series, if it is new.
+    pub(crate) fn append(&mut self, slot: Slot, t: i64, v: f64) -> Verdict {
+        let Some(s) = self.series.get_mut(slot as usize) else {
+            return Verdict::OutOfOrder;
+        };
+        let verdict = s.append(t, v);
+        if verdict == Verdict::Append {
+            self.samples += 1;
+        }
+        verdict
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queries
+
+    /// Slots of the series matching every matcher, ascending (all series for no matchers).
+    pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Slot> {
+        let mut include: Option<Vec<Slot>> = None;
+        // Matchers that accept the empty value also select series lacking the label, so they
+        // are applied by removing the series whose value they reject.
+        let (positive, negative): (Vec<&Matcher>, Vec<&Matcher>) =
+            matchers.iter().partition(|m| !m.matches(""));
+        for m in positive {
+            let found = self.postings_for(m, true);
+            let narrowed = match include {
+                None => found,
+                Some(prev) => intersect(&prev, &found),
+            };
+            if narrowed.is_empty() {
+                return narrowed;
+            }
+            include = Some(narrowed);
+        }
+        let mut result = include.unwrap_or_else(|| (0..self.series.len() as Slot).collect());
+        for m in negative {
+            let exclude = self.postings_for(m, false);
+            if !exclude.is_empty() {
+                result = subtract(&result, &exclude);
+            }
+        }
+        result
+    }
+
+    /// Union of the postings of label `m.name` whose value `m` accepts (`accepted`) or
+    /// rejects (`!accepted`).
+    fn postings_for(&self, m: &Matcher, accepted: bool) -> Vec<Slot> {
+        let Some(values) = self.postings.get(&m.name) else {
+            return Vec::new();
+        };
+        if let (MatchOp::Equal(v), true) = (&m.op, accepted) {
+            return values.get(v).cloned().unwrap_or_default();
+        }
+        let mut lists: Vec<&[Slot]> = values
+            .iter()
+            .filter(|(v, _)| m.matches(v) == accepted)
+            .map(|(_, l)| l.as_slice())
+            .collect();
+        union(&mut lists)
+    }
+
+    /// Matching series with at least one sample in `[start, end]`, in slot order.
+    fn live<'h>(
+        &'h self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> impl Iterator<Item = &'h MemSeries> {
+        self.matching(matchers)
+            .into_iter()
+            .filter_map(|slot| self.get(slot))
+            .filter(move |s| s.has_samples_in(start, end))
+    }
+
+    pub(crate) fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Vec<(Series, Vec<Sample>)> {
+        let mut out: Vec<(Series, Vec<Sample>)> = self
+            .matching(matchers)
+            .into_iter()
+            .filter_map(|slot| self.get(slot))
+            .filter_map(|s| {
+                let samples = s.samples_in(start, end);
+                (!samples.is_empty()).then(|| (s.series.clone(), samples))
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub(crate) fn series(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+        let mut out: Vec<Series> = self
+            .live(matchers, start, end)
+            .map(|s| s.series.clone())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    pub(crate) fn label_names(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for s in self.live(matchers, start, end) {
+            names.insert(METRIC_NAME_LABEL);
+            names.extend(s.series.labels.iter().map(|l| l.name.as_str()));
+        }
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    pub(crate) fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Vec<String> {
+        let Some(values) = self.postings.get(name) else {
+            return Vec::new();
+        };
+        let candidates = (!matchers.is_empty()).then(|| self.matching(matchers));
+        let mut out: Vec<String> = values
+            .iter()
+            .filter(|(_, slots)| {
+                slots.iter().any(|&slot| {
+                    candidates
+                        .as_ref()
+                        .is_none_or(|c| c.binary_search(&slot).is_ok())
+                        && self.get(slot).is_some_and(|s| s.has_samples_in(start, end))
+                })
+            })
+            .map(|(v, _)| v.clone())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// Sorted union of sorted lists.
+fn union(lists: &mut [&[Slot]]) -> Vec<Slot> {
+    match lists {
+        [] => Vec::new(),
+        [one] => one.to_vec(),
+        _ => {
+            let mut out: Vec<Slot> = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+            for l in lists.iter() {
+                out.extend_from_slice(l);
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
+    }
+}
+
+/// Sorted intersection of two sorted lists.
+fn intersect(a: &[Slot], b: &[Slot]) -> Vec<Slot> {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let mut out = Vec::with_capacity(small.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (small.get(i), large.get(j)) {
+        match x.cmp(&y) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(x);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sorted `a` minus sorted `b`.
+fn subtract(a: &[Slot], b: &[Slot]) -> Vec<Slot> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0;
+    for &x in a {
+        while b.get(j).is_some_and(|&y| y < x) {
+            j += 1;
+        }
+        if b.get(j) != Some(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Hasher for keys that are ids or already hashes: one multiply, which keeps distinct keys
+/// distinct in the low bits (bucket) and spreads them into the high bits (hashbrown's tag).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+type BuildIdHasher = BuildHasherDefault<IdHasher>;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(head: &mut Head, name: &str, labels: &[(&'static str, &'static str)]) -> Slot {
+        let hash = head.identity_hash(name, labels.iter().copied());
+        head.get_or_create(hash, name, || labels.iter().copied())
+            .unwrap()
+    }
+
+    #[test]
+    fn lookup_by_identity_finds_the_same_slot() {
+        let mut head = Head::new();
+        let a = add(&mut head, "up", &[("job", "api")]);
+        let b = add(&mut head, "up", &[("job", "db")]);
+        let c = add(&mut head, "up", &[]);
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert_eq!(add(&mut head, "up", &[("job", "api")]), a);
+        assert_eq!(head.series_count(), 3);
+        assert_eq!(head.get(a).unwrap().wal_ref, 1);
+        assert!(!head.get(a).unwrap().logged);
+    }
+
+    #[test]
+    fn hash_collisions_are_told_apart() {
+        let mut head = Head::new();
+        let labels_a = [("x", "1")];
+        let labels_b = [("x", "2")];
+        // Force both series under one hash.
+        let a = head
+            .get_or_create(42, "m", || labels_a.iter().copied())
+            .unwrap();
+        let b = head
+            .get_or_create(42, "m", || labels_b.iter().copied())
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(head.lookup(42, "m", || labels_a.iter().copied()), Some(a));
+        assert_eq!(head.lookup(42, "m", || labels_b.iter().copied()), Some(b));
+        assert_eq!(head.lookup(42, "m", || [("x", "3")].into_iter()), None);
+    }
+
+    #[test]
+    fn verdicts_cover_duplicates_conflicts_and_out_of_order() {
+        let mut head = Head::new();
+        let s = add(&mut head, "m", &[]);
+        for t in 0..300 {
+            assert_eq!(head.append(s, t * 10, t as f64), Verdict::Append);
+        }
+        assert_eq!(head.sample_count(), 300);
+        // Newest sample again, and samples in sealed and open chunks.
+        for t in [299, 0, 5, 119, 120, 250] {
+            assert_eq!(
+                head.append(s, t * 10, t as f64),
+                Verdict::Duplicate,
+                "t={t}"
+            );
+            assert_eq!(head.append(s, t * 10, -1.0), Verdict::Conflict, "t={t}");
+        }
+        assert_eq!(head.append(s, 15, 1.0), Verdict::OutOfOrder);
+        assert_eq!(head.append(s, -5, 1.0), Verdict::OutOfOrder);
+        assert_eq!(head.sample_count(), 300);
+        let series = head.get(s).unwrap();
+        assert_eq!(series.sealed.len(), 2);
+        let all = series.samples_in(i64::MIN, i64::MAX);
+        assert_eq!(all.len(), 300);
+        assert!(
+            all.windows(2)
+                .all(|w| w[0].timestamp_ms < w[1].timestamp_ms)
+        );
+    }
+
+    #[test]
+    fn nan_values_compare_bitwise() {
+        let mut head = Head::new();
+        let s = add(&mut head, "m", &[]);
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        assert_eq!(head.append(s, 1, stale), Verdict::Append);
+        assert_eq!(head.append(s, 1, stale), Verdict::Duplicate);
+        assert_eq!(head.append(s, 1, f64::NAN), Verdict::Conflict);
+        assert_eq!(head.append(s, 2, 0.0), Verdict::Append);
+        assert_eq!(head.append(s, 2, -0.0), Verdict::Conflict);
+    }
+
+    #[test]
+    fn range_scans_respect_bounds() {
+        let mut head = Head::new();
+        let s = add(&mut head, "m", &[]);
+        for t in 0..500 {
+            head.append(s, t * 10, t as f64);
+        }
+        let series = head.get(s).unwrap();
+        let got = series.samples_in(1195, 1215);
+        assert_eq!(
+            got.iter().map(|s| s.timestamp_ms).collect::<Vec<_>>(),
+            [1200, 1210]
+        );
+        assert!(series.has_samples_in(4990, 10_000));
+        assert!(!series.has_samples_in(4991, 10_000));
+        assert!(!series.has_samples_in(1201, 1209));
+        assert!(series.samples_in(10, 5).is_empty());
+    }
+
+    #[test]
+    fn postings_evaluate_every_matcher_kind() {
+        let mut head = Head::new();
+        let a = add(
+            &mut head,
+            "http_requests_total",
+            &[("code", "200"), ("job", "api")],
+        );
+        let b = add(
+            &mut head,
+            "http_requests_total",
+            &[("code", "500"), ("job", "api")],
+        );
+        let c = add(&mut head, "http_requests_total", &[("job", "db")]);
+        let d = add(&mut head, "up", &[("job", "api")]);
+        let m = |ms: &[Matcher]| head.matching(ms);
+        assert_eq!(m(&[]), [a, b, c, d]);
+        assert_eq!(m(&[Matcher::equal("__name__", "up")]), [d]);
+        assert_eq!(
+            m(&[Matcher::equal("job", "api"), Matcher::equal("code", "500")]),
+            [b]
+        );
+        assert_eq!(m(&[Matcher::not_equal("code", "500")]), [a, c, d]);
+        assert_eq!(m(&[Matcher::equal("code", "")]), [c, d]);
+        assert_eq!(m(&[Matcher::not_equal("code", "")]), [a, b]);
+        assert_eq!(m(&[Matcher::regex("code", "2..|5..").unwrap()]), [a, b]);
+        assert_eq!(m(&[Matcher::regex("code", "5..|").unwrap()]), [b, c, d]);
+        assert_eq!(m(&[Matcher::not_regex("code", "2..").unwrap()]), [b, c, d]);
+        assert_eq!(
+            m(&[
+                Matcher::regex("__name__", "http_.*").unwrap(),
+                Matcher::not_equal("job", "api")
+            ]),
+            [c]
+        );
+        assert_eq!(m(&[Matcher::equal("nope", "x")]), Vec::<Slot>::new());
+        assert_eq!(m(&[Matcher::regex("job", ".*").unwrap()]), [a, b, c, d]);
+    }
+
+    #[test]
+    fn set_operations() {
+        assert_eq!(intersect(&[1, 3, 5, 7], &[2, 3, 7, 9]), [3, 7]);
+        assert_eq!(subtract(&[1, 3, 5, 7], &[0, 3, 7, 9]), [1, 5]);
+        assert_eq!(
+            union(&mut [&[1, 5][..], &[2, 5, 9][..], &[][..]]),
+            [1, 2, 5, 9]
+        );
+    }
+
+    #[test]
+    fn apply_series_creates_marks_and_aliases() {
+        let mut head = Head::new();
+        let slot = head.apply_series(10, "up", &[("job", "api")]).unwrap();
+        assert!(head.get(slot).unwrap().logged);
+        assert_eq!(head.slot_of_ref(10), Some(slot));
+        // A fresh series gets a ref past every ref seen.
+        let next = add(&mut head, "up", &[("job", "db")]);
+        assert_eq!(head.get(next).unwrap().wal_ref, 11);
+        // The same identity under another ref becomes an alias.
+        assert_eq!(head.apply_series(3, "up", &[("job", "api")]).unwrap(), slot);
+        assert_eq!(head.slot_of_ref(3), Some(slot));
+        // A ref reused for another identity is refused.
+        assert!(matches!(
+            head.apply_series(10, "down", &[]),
+            Err(SeriesConflict::RefReused { .. })
+        ));
+    }
+}

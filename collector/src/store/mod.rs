@@ -1,0 +1,568 @@
+//! The embedded single-node time-series store, shaped like Prometheus's TSDB so it can grow
+//! into one: a write-ahead log ([`wal`]) in front of an in-memory head ([`head`]) of
+//! Gorilla-compressed chunks ([`chunk`]), found through an inverted index by label
+//! [`matcher`]s. Immutable on-disk blocks, compaction and retention come later; today the WAL
+//! is the only thing on disk and it is replayed whole at start.
+//!
+//! # Invariants
+//! - **Identity**: a series is its metric name plus its sorted, unique labels ([`Series`]).
+//!   Within a series timestamps strictly increase; chunks never overlap.
+//! - **Durable before visible**: a sample reaches the head only after the WAL records holding
+//!   it are fsynced, so a query never returns a sample a crash could take back, and `append`
+//!   returns only after its samples are both durable and visible. (A new series may enter the
+//!   head, empty, before its first sample is durable; every query only reports series with
+//!   samples in range, so it is not seen.)
+//! - **One order**: the head is changed only by the commit thread, in WAL order, with the same
+//!   function replay uses ([`commit::apply_record`]); so the head rebuilt at open is the head
+//!   that was served, including which of two conflicting values came first.
+//! - **Idempotency**: a sample whose (series, timestamp) is stored with the same value bits is
+//!   a duplicate and changes nothing; with other bits it is a conflict and the first value
+//!   stays; an older timestamp not stored is out of order and dropped. `append` checks each
+//!   sample against the head before logging it (these verdicts never change once given, since
+//!   the head only grows at the new end), so a retried batch costs no WAL space, and the commit
+//!   thread checks again for races between concurrent appends.
+//!
+//! # On disk
+//! ```text
+//! <dir>/LOCK            held (flock) while a Store has the directory open
+//! <dir>/wal/00000001    WAL segments, cut at `wal_segment_bytes`; format in [`wal`]
+//! ```
+//! At open every segment is replayed. A damaged record in the last segment is taken for a
+//! write torn by a crash: the segment is truncated there (with a warning) and the store opens
+//! with everything before it. Damage in an older segment ends replay of that segment at that
+//! point (warned, counted in [`ReplayReport`]) and replay continues with the next one. Writing
+//! resumes at the end of the last segment. Segments are never deleted yet: the WAL grows until
+//! the block and checkpoint work lands.
+//!
+//! # Threads and locks
+//! - The head sits in a `RwLock`. Queries take the read lock. `append` takes the read lock to
+//!   resolve series and filter samples, and the write lock only to create series it did not
+//!   find. The commit thread takes the write lock once per group to apply it. No lock is held
+//!   across an `.await` or across disk I/O.
+//! - The commit thread ([`commit`]) owns the segment files and the directory lock; callers
+//!   reach it through a bounded channel and wait on a oneshot, so concurrent appends share one
+//!   write and one fsync.
+
+mod chunk;
+mod commit;
+mod head;
+mod matcher;
+mod wal;
+
+pub use matcher::{MatchOp, Matcher};
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use sonde_common::model::{Sample, Series};
+use sonde_common::wire::{Batch, SeriesView};
+use tokio::sync::{mpsc, oneshot};
+
+use commit::{Applied, CommitRequest};
+use head::{Head, Slot, Verdict};
+use wal::{RecordWriter, SegmentEnd};
+
+/// Requests waiting for the commit thread; `append` waits (asynchronously) when it is full.
+const COMMIT_QUEUE: usize = 1024;
+
+/// Where and how the store keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Data directory; created if missing.
+    pub dir: PathBuf,
+    /// A WAL segment is cut before it would grow past this many bytes (default 64 MiB).
+    pub wal_segment_bytes: u64,
+}
+
+impl StoreConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            wal_segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What an `append` did with each sample of the batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppendStats {
+    /// Stored.
+    pub appended: u64,
+    /// Already stored with the same value: nothing to do (a retried batch).
+    pub duplicates: u64,
+    /// Older than the series' newest sample and not stored: dropped.
+    pub out_of_order: u64,
+    /// Same timestamp as a stored sample, other value: dropped, the first value stays.
+    pub conflicts: u64,
+}
+
+impl AppendStats {
+    fn add(&mut self, other: AppendStats) {
+        self.appended += other.appended;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// Gauges for self-metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub series: u64,
+    pub samples_in_head: u64,
+    pub wal_bytes: u64,
+}
+
+/// What replaying the WAL at open found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub segments: u64,
+    pub records: u64,
+    pub series: u64,
+    pub samples: u64,
+    /// Older segments whose replay stopped early at a damaged record.
+    pub damaged_segments: u64,
+    /// Bytes cut from the end of the last segment (a torn write).
+    pub truncated_bytes: u64,
+    /// Records that passed their checksum but could not be decoded (or had an unknown type).
+    pub undecodable_records: u64,
+    /// Samples whose series' SERIES record was lost to damage.
+    pub orphan_samples: u64,
+}
+
+/// A series and its samples in the queried range, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSamples {
+    pub series: Series,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {op} {}: {cause}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        cause: io::Error,
+    },
+    #[error("store directory {} is in use by another store (its LOCK file is held)", path.display())]
+    Locked { path: PathBuf },
+    #[error("store is closed")]
+    Closed,
+    #[error("corrupt WAL data in {}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "WAL writer stopped after an unrecoverable write error ({0}); restart to recover from the WAL"
+    )]
+    WalUnavailable(String),
+    #[error("WAL record of {0} bytes is over the 4 GiB format limit")]
+    RecordTooLarge(usize),
+    #[error("the head holds the most series it can ({})", Slot::MAX)]
+    TooManySeries,
+}
+
+impl StoreError {
+    fn io(op: &'static str, path: &Path, cause: io::Error) -> Self {
+        StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+
+    /// A copy for each caller of a failed group commit (`io::Error` is not `Clone`).
+    fn replicate(&self) -> Self {
+        match self {
+            StoreError::Io { op, path, cause } => StoreError::Io {
+                op,
+                path: path.clone(),
+                cause: io::Error::new(cause.kind(), cause.to_string()),
+            },
+            StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::WalUnavailable(r) => StoreError::WalUnavailable(r.clone()),
+            StoreError::RecordTooLarge(n) => StoreError::RecordTooLarge(*n),
+            StoreError::TooManySeries => StoreError::TooManySeries,
+        }
+    }
+}
+
+/// The store. Cheap to clone; every clone is the same store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    head: Arc<RwLock<Head>>,
+    /// Taken by `close`, after which appends fail with [`StoreError::Closed`].
+    tx: Mutex<Option<mpsc::Sender<CommitRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    wal_bytes: Arc<AtomicU64>,
+    replay: ReplayReport,
+}
+
+/// What `append` does before handing records to the commit thread.
+struct Prepared {
+    stats: AppendStats,
+    records: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// Opens or creates the store in `cfg.dir`, replaying the WAL. Blocking (call before the
+    /// runtime serves, or from `spawn_blocking`).
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        if !cfg.dir.is_dir() {
+            std::fs::create_dir_all(&cfg.dir)
+                .map_err(|e| StoreError::io("create store directory", &cfg.dir, e))?;
+            // The new directory's own entry must be durable too, or a crash can lose it
+            // with everything acknowledged inside.
+            let parent = cfg
+                .dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            wal::sync_dir(parent)?;
+        }
+        let dir_lock = lock_dir(&cfg.dir)?;
+        let wal_dir = cfg.dir.join("wal");
+        if !wal_dir.exists() {
+            std::fs::create_dir_all(&wal_dir)
+                .map_err(|e| StoreError::io("create WAL directory", &wal_dir, e))?;
+            wal::sync_dir(&cfg.dir)?;
+        }
+        let mut head = Head::new();
+        let (replay, last_segment, wal_bytes) = replay(&wal_dir, &mut head)?;
+        let wal_bytes = Arc::new(AtomicU64::new(wal_bytes));
+        let writer = wal::SegmentWriter::open(
+            &wal_dir,
+            last_segment.unwrap_or(1),
+            cfg.wal_segment_bytes,
+            wal_bytes.clone(),
+        )?;
+        let head = Arc::new(RwLock::new(head));
+        let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
+        let thread = commit::spawn(writer, head.clone(), rx, dir_lock)
+            .map_err(|e| StoreError::io("start the WAL writer thread for", &cfg.dir, e))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                head,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(thread)),
+                wal_bytes,
+                replay,
+            }),
+        })
+    }
+
+    /// Appends every sample of a validated batch (see `Batch::validate`). Returns once the
+    /// samples are fsynced in the WAL (group commit: concurrent callers share one fsync) and
+    /// visible to queries. Dropping the future after the records were queued does not undo
+    /// them: they are still made durable and applied.
+    pub async fn append(&self, batch: &Batch) -> Result<AppendStats, StoreError> {
+        let tx = self
+            .inner
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let prepared = self.prepare(batch)?;
+        let Some(records) = prepared.records else {
+            return Ok(prepared.stats);
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(CommitRequest { records, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        drop(tx);
+        let committed = answer.await.map_err(|_| StoreError::Closed)??;
+        let mut stats = prepared.stats;
+        stats.add(committed);
+        Ok(stats)
+    }
+
+    /// Resolves (or creates) each series and encodes the samples that are new to the head as
+    /// WAL records; counts the others.
+    fn prepare(&self, batch: &Batch) -> Result<Prepared, StoreError> {
+        let mut stats = AppendStats::default();
+        let mut series_out = RecordWriter::new(wal::TYPE_SERIES);
+        let mut samples_out = RecordWriter::new(wal::TYPE_SAMPLES);
+        let mut missing: Vec<(usize, u64)> = Vec::new();
+        {
+            let head = self.read();
+            for (i, view) in batch.iter().enumerate() {
+                let hash = head.identity_hash(view.name(), view.labels());
+                match head.lookup(hash, view.name(), || view.labels()) {
+                    Some(slot) => encode_samples(
+                        &head,
+                        slot,
+                        &view,
+                        &mut stats,
+                        &mut series_out,
+                        &mut samples_out,
+                    )?,
+                    None => missing.push((i, hash)),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let mut head = self.write();
+            let mut missing = missing.into_iter().peekable();
+            for (i, view) in batch.iter().enumerate() {
+                let Some(&(next, hash)) = missing.peek() else {
+                    break;
+                };
+                if i != next {
+                    continue;
+                }
+                missing.next();
+                let slot = head
+                    .get_or_create(hash, view.name(), || view.labels())
+                    .map_err(|_| StoreError::TooManySeries)?;
+                encode_samples(
+                    &head,
+                    slot,
+                    &view,
+                    &mut stats,
+                    &mut series_out,
+                    &mut samples_out,
+                )?;
+            }
+        }
+        let records = match (series_out.is_empty(), samples_out.is_empty()) {
+            (_, true) => None,
+            (true, false) => Some(samples_out.finish()?),
+            (false, false) => {
+                let mut records = series_out.finish()?;
+                records.extend_from_slice(&samples_out.finish()?);
+                Some(records)
+            }
+        };
+        Ok(Prepared { stats, records })
+    }
+
+    /// Series matching all matchers with their samples in `[start_ms, end_ms]` (inclusive),
+    /// sorted by series (metric name, then labels). Series without samples in range are left
+    /// out.
+    pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        self.read()
+            .select(matchers, start_ms, end_ms)
+            .into_iter()
+            .map(|(series, samples)| SeriesSamples { series, samples })
+            .collect()
+    }
+
+    /// Series matching all matchers that have at least one sample in `[start_ms, end_ms]`,
+    /// sorted.
+    pub fn series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
+        self.read().series(matchers, start_ms, end_ms)
+    }
+
+    /// Sorted unique label names (including `__name__`) of the series matching (all series if
+    /// `matchers` is empty) with samples in `[start_ms, end_ms]`.
+    pub fn label_names(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
+        self.read().label_names(matchers, start_ms, end_ms)
+    }
+
+    /// Sorted unique values of label `name` (`__name__` gives metric names) over the matching
+    /// series with samples in `[start_ms, end_ms]`.
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<String> {
+        self.read().label_values(name, matchers, start_ms, end_ms)
+    }
+
+    /// Counts for self-metrics.
+    pub fn stats(&self) -> StoreStats {
+        let head = self.read();
+        StoreStats {
+            series: head.series_count(),
+            samples_in_head: head.sample_count(),
+            wal_bytes: self.inner.wal_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the WAL replay at open found (damage included).
+    pub fn replay_report(&self) -> ReplayReport {
+        self.inner.replay.clone()
+    }
+
+    /// Stops the WAL writer thread after every append already queued is fsynced and applied,
+    /// and releases the directory lock; later appends fail with [`StoreError::Closed`], and
+    /// queries keep answering from memory. Blocks: call from a blocking context. Idempotent.
+    pub fn close(&self) {
+        drop(
+            self.inner
+                .tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let thread = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the WAL writer thread panicked");
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Head> {
+        self.inner
+            .head
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Head> {
+        self.inner
+            .head
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Encodes the samples of `view` that the head does not hold yet (plus the series' SERIES
+/// record, until one is durable), counting the rest.
+fn encode_samples(
+    head: &Head,
+    slot: Slot,
+    view: &SeriesView<'_>,
+    stats: &mut AppendStats,
+    series_out: &mut RecordWriter,
+    samples_out: &mut RecordWriter,
+) -> Result<(), StoreError> {
+    let Some(s) = head.get(slot) else {
+        return Ok(());
+    };
+    let mut logged = s.logged;
+    for sample in view.samples() {
+        match s.classify(sample.timestamp_ms, sample.value.to_bits()) {
+            Verdict::Append => {
+                if !logged {
+                    // Until a SERIES record is durable, every request carrying samples of
+                    // the series carries one: requests may reach the WAL in any order.
+                    series_out.series(s.wal_ref, view.name(), view.labels())?;
+                    logged = true;
+                }
+                samples_out.sample(s.wal_ref, sample.timestamp_ms, sample.value)?;
+            }
+            Verdict::Duplicate => stats.duplicates += 1,
+            Verdict::Conflict => stats.conflicts += 1,
+            Verdict::OutOfOrder => stats.out_of_order += 1,
+        }
+    }
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => Err(StoreError::io("lock", &path, e)),
+    }
+}
+
+/// Replays every segment into `head`, repairing a torn tail. Returns the report, the last
+/// segment's index and the bytes of all segments.
+fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, Option<u32>, u64), StoreError> {
+    let segments = wal::list_segments(wal_dir)?;
+    let mut report = ReplayReport::default();
+    let mut applied = Applied::default();
+    let mut bytes = 0u64;
+    for (pos, &index) in segments.iter().enumerate() {
+        let path = wal::segment_path(wal_dir, index);
+        if pos > 0 && segments.get(pos - 1).is_some_and(|&prev| prev + 1 != index) {
+            tracing::warn!("WAL segment before {} is missing", path.display());
+        }
+        report.segments += 1;
+        let end = wal::read_segment(&path, |payload| {
+            report.records += 1;
+            if let Err(e) = commit::apply_record(head, payload, &mut applied) {
+                tracing::warn!(
+                    "skipping a WAL record of {} that cannot be decoded: {e}",
+                    path.display()
+                );
+                report.undecodable_records += 1;
+            }
+        })?;
+        match end {
+            SegmentEnd::Clean => {
+                bytes += std::fs::metadata(&path)
+                    .map_err(|e| StoreError::io("read WAL segment", &path, e))?
+                    .len();
+            }
+            SegmentEnd::Damaged {
+                offset,
+                file_len,
+                reason,
+            } if pos + 1 == segments.len() => {
+                tracing::warn!(
+                    "WAL segment {} ends with a torn or corrupt record at offset {offset} ({reason}): \
+                     truncating {} bytes, keeping everything before it",
+                    path.display(),
+                    file_len - offset
+                );
+                wal::truncate_segment(&path, offset)?;
+                report.truncated_bytes += file_len - offset;
+                bytes += offset;
+            }
+            SegmentEnd::Damaged {
+                offset,
+                file_len,
+                reason,
+            } => {
+                tracing::warn!(
+                    "WAL segment {} is damaged at offset {offset} ({reason}): skipping its last {} bytes \
+                     and continuing with the next segment",
+                    path.display(),
+                    file_len - offset
+                );
+                report.damaged_segments += 1;
+                bytes += file_len;
+            }
+        }
+    }
+    report.series = head.series_count();
+    report.samples = head.sample_count();
+    report.orphan_samples = applied.unknown_series;
+    if report.segments > 0 {
+        tracing::info!(
+            segments = report.segments,
+            series = report.series,
+            samples = report.samples,
+            "replayed the WAL"
+        );
+    }
+    Ok((report, segments.last().copied(), bytes))
+}
+
+#[cfg(test)]
+mod tests;

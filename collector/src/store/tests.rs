@@ -1,0 +1,661 @@
+//! Store-level tests: the public API end to end, durability across reopen, WAL damage, and
+//! concurrent appends.
+
+use super::*;
+use sonde_common::model::MetricKind;
+use sonde_common::wire::{BatchBuilder, BatchHeader};
+
+type Entry<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+fn batch(entries: &[Entry<'_>]) -> Batch {
+    let mut b = BatchBuilder::new(BatchHeader {
+        agent_id: "test".into(),
+        sequence: 1,
+        sent_at_ms: 0,
+    });
+    for (name, labels, samples) in entries {
+        b.push(
+            &Series::new(*name, labels.iter().copied()),
+            MetricKind::Gauge,
+            None,
+            samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
+        );
+    }
+    b.build()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(StoreConfig::new(dir)).unwrap()
+}
+
+fn open_small_segments(dir: &Path, bytes: u64) -> Store {
+    Store::open(StoreConfig {
+        wal_segment_bytes: bytes,
+        ..StoreConfig::new(dir)
+    })
+    .unwrap()
+}
+
+/// Every sample as (series, timestamp, value bits), for exact comparisons.
+fn dump(store: &Store) -> Vec<(String, i64, u64)> {
+    store
+        .select(&[], i64::MIN, i64::MAX)
+        .into_iter()
+        .flat_map(|s| {
+            let name = s.series.to_string();
+            s.samples
+                .into_iter()
+                .map(move |x| (name.clone(), x.timestamp_ms, x.value.to_bits()))
+        })
+        .collect()
+}
+
+fn stats(appended: u64, duplicates: u64, out_of_order: u64, conflicts: u64) -> AppendStats {
+    AppendStats {
+        appended,
+        duplicates,
+        out_of_order,
+        conflicts,
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let wal = dir.join("wal");
+    wal::list_segments(&wal)
+        .unwrap()
+        .into_iter()
+        .map(|i| wal::segment_path(&wal, i))
+        .collect()
+}
+
+#[tokio::test]
+async fn queries_select_series_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let b = batch(&[
+        (
+            "up",
+            &[("job", "api"), ("zone", "a")],
+            &[(1000, 1.0), (2000, 1.0)],
+        ),
+        ("up", &[("job", "db")], &[(1000, 0.0)]),
+        (
+            "http_requests_total",
+            &[("code", "200"), ("job", "api")],
+            &[(1500, 10.0), (2500, 20.0)],
+        ),
+        (
+            "http_requests_total",
+            &[("code", "500"), ("job", "api")],
+            &[(5000, 1.0)],
+        ),
+    ]);
+    assert_eq!(store.append(&b).await.unwrap(), stats(6, 0, 0, 0));
+
+    let got = store.select(&[Matcher::equal("__name__", "up")], 0, 10_000);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].series,
+        Series::new("up", [("job", "api"), ("zone", "a")])
+    );
+    assert_eq!(
+        got[0].samples,
+        [Sample::new(1000, 1.0), Sample::new(2000, 1.0)]
+    );
+    assert_eq!(got[1].series, Series::new("up", [("job", "db")]));
+
+    // Inclusive bounds, and series without samples in range are left out.
+    let got = store.select(&[Matcher::equal("job", "api")], 2000, 2500);
+    let names: Vec<String> = got.iter().map(|s| s.series.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            r#"http_requests_total{code="200",job="api"}"#,
+            r#"up{job="api",zone="a"}"#
+        ]
+    );
+    assert_eq!(got[0].samples, [Sample::new(2500, 20.0)]);
+    assert_eq!(got[1].samples, [Sample::new(2000, 1.0)]);
+
+    let series = store.series(&[Matcher::regex("__name__", "http_.*").unwrap()], 0, 3000);
+    assert_eq!(
+        series,
+        [Series::new(
+            "http_requests_total",
+            [("code", "200"), ("job", "api")]
+        )]
+    );
+    assert!(
+        store
+            .series(&[Matcher::equal("job", "db")], 1001, 3000)
+            .is_empty()
+    );
+
+    assert_eq!(
+        store.label_names(&[], 0, 10_000),
+        ["__name__", "code", "job", "zone"]
+    );
+    assert_eq!(
+        store.label_names(&[Matcher::equal("job", "db")], 0, 10_000),
+        ["__name__", "job"]
+    );
+    assert_eq!(
+        store.label_names(&[], 3000, 10_000),
+        ["__name__", "code", "job"]
+    );
+    assert!(store.label_names(&[], 20_000, 30_000).is_empty());
+
+    assert_eq!(
+        store.label_values("__name__", &[], 0, 10_000),
+        ["http_requests_total", "up"]
+    );
+    assert_eq!(store.label_values("job", &[], 0, 10_000), ["api", "db"]);
+    assert_eq!(store.label_values("job", &[], 1001, 10_000), ["api"]);
+    assert_eq!(
+        store.label_values("code", &[Matcher::not_equal("code", "200")], 0, 10_000),
+        ["500"]
+    );
+    assert_eq!(
+        store.label_values("zone", &[Matcher::equal("job", "db")], 0, 10_000),
+        Vec::<String>::new()
+    );
+    assert!(store.label_values("nope", &[], 0, 10_000).is_empty());
+
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            series: 4,
+            samples_in_head: 6,
+            wal_bytes: store.stats().wal_bytes
+        }
+    );
+    assert!(store.stats().wal_bytes > 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn reappending_is_idempotent_even_for_older_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let old: Vec<(i64, f64)> = (0..300).map(|i| (i * 1000, i as f64)).collect();
+    let new: Vec<(i64, f64)> = (300..400).map(|i| (i * 1000, i as f64)).collect();
+    let labels = [("job", "api")];
+    let old_batch = batch(&[("m", &labels, &old), ("n", &[], &old[..1])]);
+    assert_eq!(store.append(&old_batch).await.unwrap(), stats(301, 0, 0, 0));
+    let wal_bytes = store.stats().wal_bytes;
+
+    // A retry of the same batch is a no-op, and costs no WAL space.
+    assert_eq!(store.append(&old_batch).await.unwrap(), stats(0, 301, 0, 0));
+    assert_eq!(store.stats().wal_bytes, wal_bytes);
+
+    // A newer batch, then a late retry of the old one: still duplicates (found in sealed
+    // chunks, not only the newest sample).
+    assert_eq!(
+        store.append(&batch(&[("m", &labels, &new)])).await.unwrap(),
+        stats(100, 0, 0, 0)
+    );
+    assert_eq!(store.append(&old_batch).await.unwrap(), stats(0, 301, 0, 0));
+    assert_eq!(store.stats().samples_in_head, 401);
+    assert_eq!(
+        store.select(&[Matcher::equal("__name__", "m")], 0, i64::MAX)[0]
+            .samples
+            .len(),
+        400
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn out_of_order_and_conflicts_are_counted_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s: &[(&str, &str)] = &[("k", "v")];
+    assert_eq!(
+        store
+            .append(&batch(&[("m", s, &[(100, 1.0), (200, 2.0)])]))
+            .await
+            .unwrap(),
+        stats(2, 0, 0, 0)
+    );
+    let mixed = batch(&[(
+        "m",
+        s,
+        &[
+            (50, 0.5),
+            (100, 1.0),
+            (100, 9.0),
+            (200, 2.5),
+            (150, 1.5),
+            (300, 3.0),
+        ],
+    )]);
+    assert_eq!(store.append(&mixed).await.unwrap(), stats(1, 1, 2, 2));
+    // Duplicates inside one batch are caught when applied.
+    let twice = batch(&[("m", s, &[(400, 4.0), (400, 4.0), (400, 5.0)])]);
+    assert_eq!(store.append(&twice).await.unwrap(), stats(1, 1, 0, 1));
+    let kept: Vec<(i64, f64)> = store.select(&[], 0, 1000)[0]
+        .samples
+        .iter()
+        .map(|x| (x.timestamp_ms, x.value))
+        .collect();
+    assert_eq!(kept, [(100, 1.0), (200, 2.0), (300, 3.0), (400, 4.0)]);
+    store.close();
+}
+
+#[tokio::test]
+async fn nan_and_stale_markers_are_stored_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+    {
+        let store = open(dir.path());
+        let b = batch(&[(
+            "m",
+            &[],
+            &[(1, stale), (2, f64::NAN), (3, f64::INFINITY), (4, -0.0)],
+        )]);
+        assert_eq!(store.append(&b).await.unwrap(), stats(4, 0, 0, 0));
+        assert_eq!(store.append(&b).await.unwrap(), stats(0, 4, 0, 0));
+        let nan_conflict = batch(&[("m", &[], &[(1, f64::NAN)])]);
+        assert_eq!(
+            store.append(&nan_conflict).await.unwrap(),
+            stats(0, 0, 0, 1)
+        );
+        store.close();
+    }
+    let store = open(dir.path());
+    let bits: Vec<u64> = dump(&store).into_iter().map(|(_, _, v)| v).collect();
+    assert_eq!(
+        bits,
+        [
+            stale.to_bits(),
+            f64::NAN.to_bits(),
+            f64::INFINITY.to_bits(),
+            (-0.0f64).to_bits()
+        ]
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn reopen_after_close_keeps_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = open_small_segments(dir.path(), 4096);
+        for round in 0..50i64 {
+            let samples: Vec<(i64, f64)> = (0..20)
+                .map(|i| (round * 20 + i, (round * i) as f64 / 7.0))
+                .collect();
+            let b = batch(&[
+                ("a", &[("x", "1")], &samples),
+                ("b", &[("x", "2")], &samples[..round as usize % 20]),
+                ("c", &[], &samples[..1]),
+            ]);
+            store.append(&b).await.unwrap();
+        }
+        let dump = dump(&store);
+        store.close();
+        assert!(matches!(
+            store.append(&batch(&[("z", &[], &[(1, 1.0)])])).await,
+            Err(StoreError::Closed)
+        ));
+        dump
+    };
+    assert!(
+        segment_files(dir.path()).len() > 3,
+        "small segments were cut"
+    );
+    let store = open_small_segments(dir.path(), 4096);
+    assert_eq!(dump(&store), before);
+    let report = store.replay_report();
+    assert_eq!(report.samples, before.len() as u64);
+    assert_eq!(
+        (
+            report.damaged_segments,
+            report.truncated_bytes,
+            report.orphan_samples
+        ),
+        (0, 0, 0)
+    );
+    // The replayed head knows what is stored: the last round again is all duplicates.
+    let samples: Vec<(i64, f64)> = (0..20)
+        .map(|i| (49 * 20 + i, (49 * i) as f64 / 7.0))
+        .collect();
+    assert_eq!(
+        store
+            .append(&batch(&[("a", &[("x", "1")], &samples)]))
+            .await
+            .unwrap(),
+        stats(0, 20, 0, 0)
+    );
+    // New series after a reopen get fresh refs; a second reopen sees both generations.
+    store
+        .append(&batch(&[("d", &[], &[(5, 5.0)])]))
+        .await
+        .unwrap();
+    let after = dump(&store);
+    store.close();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(dump(&store), after);
+    assert_eq!(store.replay_report().orphan_samples, 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn what_is_on_disk_when_append_returns_is_complete() {
+    // Copy the WAL while the store is still running, as a crash right after `append` would
+    // leave it: nothing may be waiting in a user-space buffer.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        store
+            .append(&batch(&[("m", &[("i", &i.to_string())], &[(i, i as f64)])]))
+            .await
+            .unwrap();
+    }
+    let expected = dump(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::create_dir(crashed.path().join("wal")).unwrap();
+    for f in segment_files(dir.path()) {
+        std::fs::copy(&f, crashed.path().join("wal").join(f.file_name().unwrap())).unwrap();
+    }
+    let recovered = open(crashed.path());
+    assert_eq!(dump(&recovered), expected);
+    recovered.close();
+    store.close();
+}
+
+#[tokio::test]
+async fn garbage_at_the_tail_is_truncated_and_everything_before_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = open(dir.path());
+        for i in 0..5 {
+            store
+                .append(&batch(&[("m", &[], &[(i, i as f64)])]))
+                .await
+                .unwrap();
+        }
+        store.close();
+        dump(&store)
+    };
+    let last = segment_files(dir.path()).pop().unwrap();
+    let good_len = std::fs::metadata(&last).unwrap().len();
+    // A torn write: a header promising more bytes than follow, then junk.
+    let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+    io::Write::write_all(&mut f, b"\x10\x00\x00\x00\xde\xad\xbe\xefpartial").unwrap();
+    drop(f);
+
+    let store = open(dir.path());
+    assert_eq!(dump(&store), before);
+    assert_eq!(store.replay_report().truncated_bytes, 15);
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
+    // Appending resumes cleanly after the cut, and the next open is clean.
+    store
+        .append(&batch(&[("m", &[], &[(10, 10.0)])]))
+        .await
+        .unwrap();
+    store.close();
+    let store = open(dir.path());
+    assert_eq!(dump(&store).len(), before.len() + 1);
+    assert_eq!(store.replay_report().truncated_bytes, 0);
+    store.close();
+
+    // Other torn shapes: a lone partial header, and zero-filled space.
+    for tail in [&b"\x05\x00"[..], &[0u8; 64][..]] {
+        let expected = {
+            let store = open(dir.path());
+            store.close();
+            dump(&store)
+        };
+        let last = segment_files(dir.path()).pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+        io::Write::write_all(&mut f, tail).unwrap();
+        drop(f);
+        let store = open(dir.path());
+        assert_eq!(dump(&store), expected);
+        assert_eq!(store.replay_report().truncated_bytes, tail.len() as u64);
+        store.close();
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_in_an_older_segment_is_detected_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // One-byte segments: each append lands in a segment of its own.
+        let store = open_small_segments(dir.path(), 1);
+        for i in 0..4 {
+            let b = batch(&[
+                ("m", &[], &[(i, i as f64)]),
+                ("n", &[], &[(i, -(i as f64))]),
+            ]);
+            assert_eq!(store.append(&b).await.unwrap(), stats(2, 0, 0, 0));
+        }
+        store.close();
+    }
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 4);
+    // Flip a byte in the value of the last sample of the second segment's SAMPLES record.
+    let mut bytes = std::fs::read(&segments[1]).unwrap();
+    let at = bytes.len() - 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&segments[1], &bytes).unwrap();
+
+    let store = open(dir.path());
+    let report = store.replay_report();
+    assert_eq!(report.damaged_segments, 1);
+    assert_eq!(report.truncated_bytes, 0);
+    let ts: Vec<i64> = store.select(&[Matcher::equal("__name__", "m")], 0, 10)[0]
+        .samples
+        .iter()
+        .map(|s| s.timestamp_ms)
+        .collect();
+    assert_eq!(
+        ts,
+        [0, 2, 3],
+        "the damaged record is skipped, later segments replayed"
+    );
+    // The damaged segment is left as it is (no silent rewrite of an older segment).
+    assert_eq!(std::fs::read(&segments[1]).unwrap(), bytes);
+    store.close();
+
+    // A length field gone wild does not allocate its claim or panic.
+    bytes[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&segments[1], &bytes).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.replay_report().damaged_segments, 1);
+    assert_eq!(dump(&store).len(), 6);
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_small_segments(dir.path(), 64 << 10);
+    const TASKS: i64 = 8;
+    const ROUNDS: i64 = 40;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut total = AppendStats::default();
+            for round in 0..ROUNDS {
+                let own = [("task", task.to_string())];
+                let own: Vec<(&str, &str)> = own.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let fresh = format!("r{round}");
+                // Its own series, a series new this round shared with every task (created
+                // concurrently), and a shared series every task writes the same sample to.
+                let b = batch(&[
+                    ("own", &own, &[(round, round as f64)]),
+                    ("fresh", &[("round", &fresh)], &[(task, task as f64)]),
+                    ("shared", &[], &[(round, 1.0)]),
+                ]);
+                total.add(store.append(&b).await.unwrap());
+            }
+            total
+        }));
+    }
+    let mut total = AppendStats::default();
+    for h in handles {
+        total.add(h.await.unwrap());
+    }
+    let own = (TASKS * ROUNDS) as u64;
+    // `fresh` samples arrive in any order: each is stored or dropped as out of order.
+    assert_eq!(
+        total.appended + total.duplicates + total.out_of_order,
+        3 * own
+    );
+    assert_eq!(total.conflicts, 0);
+    let expected = dump(&store);
+    assert_eq!(store.stats().samples_in_head, expected.len() as u64);
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|(s, _, _)| s.starts_with("own"))
+            .count() as u64,
+        own
+    );
+    assert_eq!(
+        expected.iter().filter(|(s, _, _)| s == "shared").count() as u64,
+        ROUNDS as u64
+    );
+    store.close();
+
+    let store = open(dir.path());
+    assert_eq!(dump(&store), expected);
+    assert_eq!(store.replay_report().orphan_samples, 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn a_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(matches!(
+        Store::open(StoreConfig::new(dir.path())),
+        Err(StoreError::Locked { .. })
+    ));
+    store.close();
+    store.close(); // idempotent
+    let again = open(dir.path());
+    again.close();
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Store>();
+}
+
+#[test]
+fn errors_name_the_operation_and_path() {
+    let e = StoreError::io(
+        "write WAL segment",
+        Path::new("/data/wal/00000001"),
+        io::Error::new(io::ErrorKind::StorageFull, "no space left on device"),
+    );
+    assert_eq!(
+        e.to_string(),
+        "cannot write WAL segment /data/wal/00000001: no space left on device"
+    );
+    assert_eq!(e.replicate().to_string(), e.to_string());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let err = Store::open(StoreConfig::new(file.path())).unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot create store directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn empty_batches_and_empty_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(
+        store.append(&batch(&[])).await.unwrap(),
+        AppendStats::default()
+    );
+    store
+        .append(&batch(&[("m", &[], &[(5, 1.0)])]))
+        .await
+        .unwrap();
+    assert!(store.select(&[], 10, 5).is_empty());
+    assert!(
+        store
+            .select(&[Matcher::equal("__name__", "nope")], 0, 10)
+            .is_empty()
+    );
+    assert_eq!(store.select(&[Matcher::equal("job", "")], 0, 10).len(), 1);
+    store.close();
+}
+
+/// Throughput of the append path (run with `--release -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn append_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let series: Vec<Series> = (0..10_000)
+        .map(|i| {
+            Series::new(
+                "node_metric",
+                [("host", format!("h{}", i % 100)), ("id", i.to_string())],
+            )
+        })
+        .collect();
+    let batches: Vec<Batch> = (0..100)
+        .map(|round| {
+            let mut b = BatchBuilder::new(BatchHeader {
+                agent_id: "bench".into(),
+                sequence: round,
+                sent_at_ms: 0,
+            });
+            for s in &series {
+                b.push(
+                    s,
+                    MetricKind::Gauge,
+                    None,
+                    vec![Sample::new(round as i64 * 15_000, round as f64)],
+                );
+            }
+            b.build()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for b in &batches {
+        store.append(b).await.unwrap();
+    }
+    let took = start.elapsed();
+    let n = store.stats().samples_in_head;
+    println!(
+        "appended {n} samples in {took:?}: {:.2} M samples/s (10k series x 1 sample per batch, fsync per batch)",
+        n as f64 / took.as_secs_f64() / 1e6
+    );
+    let mut head = Head::new();
+    let slots: Vec<Slot> = series
+        .iter()
+        .map(|s| {
+            let h = head.identity_hash(
+                &s.name,
+                s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+            );
+            head.get_or_create(h, &s.name, || {
+                s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))
+            })
+            .unwrap()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for round in 0..300i64 {
+        for &slot in &slots {
+            head.append(slot, round * 15_000, round as f64 * 1.5);
+        }
+    }
+    let took = start.elapsed();
+    println!(
+        "head only: {:.2} M samples/s",
+        (300 * slots.len()) as f64 / took.as_secs_f64() / 1e6
+    );
+    store.close();
+}

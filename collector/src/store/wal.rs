@@ -1,0 +1,811 @@
+//! The write-ahead log: checksummed records in numbered segment files under `<dir>/wal/`.
+//!
+//! # Format
+//! Segments are named by an eight-digit decimal index (`00000001`, `00000002`, ...) and hold
+//! records back to back, with no segment header:
+//! ```text
+//! record   [u32 LE payload length][u32 LE CRC-32 (IEEE) of the payload][payload]
+//! payload  [u8 type][entries until the end of the payload]
+//! type 1   SERIES:  entry = uvarint ref, string name, uvarint label count, (string, string)*
+//! type 2   SAMPLES: entry = zigzag varint ref delta, zigzag varint timestamp delta,
+//!                   8 bytes LE f64 bits
+//! string   uvarint byte length, UTF-8 bytes
+//! ```
+//! A series' `ref` is its id in the log, assigned once and never reused. The deltas of a
+//! SAMPLES record are taken against the previous entry of the same record (the first one
+//! against 0), so a batch of many series at one timestamp costs about ten bytes a sample.
+//! Record types are extensible: replay skips a type it does not know, with a warning.
+//!
+//! # Writing
+//! [`SegmentWriter`] appends whole groups of records and fsyncs them (`fdatasync`); a new
+//! segment is created (and the directory fsynced) before a group member's records would take
+//! the current one past the size limit, so a segment only exceeds the limit when one request's
+//! records alone are larger. If a write or fsync fails, the segment is truncated back to its
+//! last durable length, so bytes nobody was told are stored never come back at replay; if even
+//! that fails the writer refuses all further writes until a restart.
+//!
+//! # Reading
+//! [`read_segment`] streams a segment's records and stops at the first one that is torn
+//! (shorter than its header says), has a length that runs past the end of the file, or fails
+//! its checksum, reporting the offset. What the caller does with that differs for the last
+//! segment (a crash mid-write: truncate) and older ones (damage: skip the rest, count it).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::StoreError;
+
+pub(crate) const HEADER_LEN: usize = 8;
+pub(crate) const TYPE_SERIES: u8 = 1;
+pub(crate) const TYPE_SAMPLES: u8 = 2;
+/// Segment names have eight digits.
+const MAX_SEGMENT_INDEX: u32 = 99_999_999;
+/// Records are cut at about this payload size, bounding what replay holds in memory at once.
+const TARGET_RECORD_BYTES: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// Builds framed records of one type into a byte buffer, cutting a new record whenever the
+/// current one passes [`TARGET_RECORD_BYTES`].
+#[derive(Debug)]
+pub(crate) struct RecordWriter {
+    ty: u8,
+    buf: Vec<u8>,
+    /// Offset of the open record's header in `buf`.
+    open: Option<usize>,
+    prev_ref: u64,
+    prev_t: i64,
+}
+
+impl RecordWriter {
+    pub(crate) fn new(ty: u8) -> Self {
+        Self {
+            ty,
+            buf: Vec::new(),
+            open: None,
+            prev_ref: 0,
+            prev_t: 0,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn begin_entry(&mut self) -> Result<(), StoreError> {
+        match self.open {
+            Some(start) if self.buf.len() - start < TARGET_RECORD_BYTES => return Ok(()),
+            Some(_) => self.seal()?,
+            None => {}
+        }
+        self.open = Some(self.buf.len());
+        self.buf.extend_from_slice(&[0; HEADER_LEN]);
+        self.buf.push(self.ty);
+        self.prev_ref = 0;
+        self.prev_t = 0;
+        Ok(())
+    }
+
+    /// Adds a SERIES entry.
+    pub(crate) fn series<'a>(
+        &mut self,
+        sref: u64,
+        name: &str,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), StoreError> {
+        self.begin_entry()?;
+        put_uvarint(&mut self.buf, sref);
+        put_str(&mut self.buf, name);
+        put_uvarint(&mut self.buf, labels.len() as u64);
+        for (n, v) in labels {
+            put_str(&mut self.buf, n);
+            put_str(&mut self.buf, v);
+        }
+        Ok(())
+    }
+
+    /// Adds a SAMPLES entry.
+    pub(crate) fn sample(&mut self, sref: u64, t: i64, v: f64) -> Result<(), StoreError> {
+        self.begin_entry()?;
+        put_varint(&mut self.buf, sref.wrapping_sub(self.prev_ref) as i64);
+        put_varint(&mut self.buf, t.wrapping_sub(self.prev_t));
+        self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        self.prev_ref = sref;
+        self.prev_t = t;
+        Ok(())
+    }
+
+    /// Writes the open record's length and checksum.
+    fn seal(&mut self) -> Result<(), StoreError> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        let payload = self.buf.get(start + HEADER_LEN..).unwrap_or_default();
+        let len =
+            u32::try_from(payload.len()).map_err(|_| StoreError::RecordTooLarge(payload.len()))?;
+        let crc = crc32fast::hash(payload);
+        if let Some(header) = self.buf.get_mut(start..start + HEADER_LEN) {
+            header[..4].copy_from_slice(&len.to_le_bytes());
+            header[4..].copy_from_slice(&crc.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// The framed records.
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, StoreError> {
+        self.seal()?;
+        Ok(self.buf)
+    }
+}
+
+fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        buf.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    buf.push(x as u8);
+}
+
+fn put_varint(buf: &mut Vec<u8>, x: i64) {
+    put_uvarint(buf, ((x << 1) ^ (x >> 63)) as u64);
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    put_uvarint(buf, s.len() as u64);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// Why a payload that passed its checksum could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown record type {0}")]
+    UnknownType(u8),
+    #[error("record ends inside an entry")]
+    Truncated,
+    #[error("varint overflows 64 bits")]
+    VarintOverflow,
+    #[error("string is not UTF-8")]
+    NotUtf8,
+}
+
+/// A decoded record, borrowing the payload.
+#[derive(Debug)]
+pub(crate) enum Record<'a> {
+    Series(SeriesEntries<'a>),
+    Samples(SampleEntries<'a>),
+}
+
+pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let (&ty, rest) = payload.split_first().ok_or(DecodeError::Empty)?;
+    match ty {
+        TYPE_SERIES => Ok(Record::Series(SeriesEntries { c: Cursor(rest) })),
+        TYPE_SAMPLES => Ok(Record::Samples(SampleEntries {
+            c: Cursor(rest),
+            prev_ref: 0,
+            prev_t: 0,
+        })),
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+/// One entry of a SERIES record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SeriesEntry<'a> {
+    pub(crate) sref: u64,
+    pub(crate) name: &'a str,
+    pub(crate) labels: Vec<(&'a str, &'a str)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SeriesEntries<'a> {
+    c: Cursor<'a>,
+}
+
+impl<'a> Iterator for SeriesEntries<'a> {
+    type Item = Result<SeriesEntry<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.c.0.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let sref = self.c.uvarint()?;
+            let name = self.c.str()?;
+            let n = self.c.uvarint()?;
+            // Each label takes at least two bytes, so the remaining bytes bound the count.
+            let cap = (n as usize).min(self.c.0.len() / 2);
+            let mut labels = Vec::with_capacity(cap);
+            for _ in 0..n {
+                labels.push((self.c.str()?, self.c.str()?));
+            }
+            Ok(SeriesEntry { sref, name, labels })
+        })();
+        if entry.is_err() {
+            self.c.0 = &[];
+        }
+        Some(entry)
+    }
+}
+
+/// One entry of a SAMPLES record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SampleEntry {
+    pub(crate) sref: u64,
+    pub(crate) t: i64,
+    pub(crate) v: f64,
+}
+
+#[derive(Debug)]
+pub(crate) struct SampleEntries<'a> {
+    c: Cursor<'a>,
+    prev_ref: u64,
+    prev_t: i64,
+}
+
+impl Iterator for SampleEntries<'_> {
+    type Item = Result<SampleEntry, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.c.0.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let sref = self.prev_ref.wrapping_add(self.c.varint()? as u64);
+            let t = self.prev_t.wrapping_add(self.c.varint()?);
+            let v = f64::from_bits(u64::from_le_bytes(self.c.array()?));
+            Ok(SampleEntry { sref, t, v })
+        })();
+        match entry {
+            Ok(e) => {
+                self.prev_ref = e.sref;
+                self.prev_t = e.t;
+            }
+            Err(_) => self.c.0 = &[],
+        }
+        Some(entry)
+    }
+}
+
+#[derive(Debug)]
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn uvarint(&mut self) -> Result<u64, DecodeError> {
+        let mut x = 0u64;
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            if i == 9 && b > 1 {
+                return Err(DecodeError::VarintOverflow);
+            }
+            x |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                self.0 = &self.0[i + 1..];
+                return Ok(x);
+            }
+        }
+        Err(if self.0.len() >= 10 {
+            DecodeError::VarintOverflow
+        } else {
+            DecodeError::Truncated
+        })
+    }
+
+    fn varint(&mut self) -> Result<i64, DecodeError> {
+        let u = self.uvarint()?;
+        Ok((u >> 1) as i64 ^ -((u & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
+        let n = usize::try_from(n).map_err(|_| DecodeError::Truncated)?;
+        if n > self.0.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let n = self.uvarint()?;
+        std::str::from_utf8(self.bytes(n)?).map_err(|_| DecodeError::NotUtf8)
+    }
+
+    fn array(&mut self) -> Result<[u8; 8], DecodeError> {
+        let b = self.bytes(8)?;
+        let mut out = [0; 8];
+        out.copy_from_slice(b);
+        Ok(out)
+    }
+}
+
+/// Iterates over the payloads of framed records in a buffer this process built (the group
+/// commit applies a request's own bytes this way). Stops at the first malformed frame.
+pub(crate) fn frames(mut buf: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let parsed = parse_frame(buf);
+        buf = match parsed {
+            Ok((_, rest)) => rest,
+            Err(_) => &[],
+        };
+        Some(parsed.map(|(payload, _)| payload))
+    })
+}
+
+fn parse_frame(buf: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    let (header, rest) = buf
+        .split_at_checked(HEADER_LEN)
+        .ok_or("torn record header")?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let (payload, rest) = rest
+        .split_at_checked(len)
+        .ok_or("record runs past the end")?;
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok((payload, rest))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment files
+
+pub(crate) fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("{index:08}"))
+}
+
+/// Segment indices in `dir`, ascending. Files not named like a segment are ignored.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>, StoreError> {
+    let io_err = |source| StoreError::io("list WAL directory", dir, source);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.len() == 8
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(i) = name.parse::<u32>()
+        {
+            out.push(i);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Fsyncs a directory, making a file created or renamed in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("sync directory", dir, e))
+}
+
+/// How reading a segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentEnd {
+    Clean,
+    /// The record at `offset` is torn or corrupt; nothing at or after it was read.
+    Damaged {
+        offset: u64,
+        file_len: u64,
+        reason: &'static str,
+    },
+}
+
+/// Streams the record payloads of segment `path` to `on_record`, verifying each checksum.
+/// I/O errors are errors; damaged bytes are reported in the result, never panicked on.
+pub(crate) fn read_segment(
+    path: &Path,
+    mut on_record: impl FnMut(&[u8]),
+) -> Result<SegmentEnd, StoreError> {
+    let io_err = |e| StoreError::io("read WAL segment", path, e);
+    let file = File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut payload = Vec::new();
+    let mut offset = 0u64;
+    let damaged = |offset, reason| {
+        Ok(SegmentEnd::Damaged {
+            offset,
+            file_len,
+            reason,
+        })
+    };
+    while offset < file_len {
+        let remaining = file_len - offset;
+        if remaining < HEADER_LEN as u64 {
+            return damaged(offset, "torn record header");
+        }
+        let mut header = [0u8; HEADER_LEN];
+        r.read_exact(&mut header).map_err(io_err)?;
+        let len = u64::from(u32::from_le_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 {
+            // Zero-filled space (a crash after the file grew but before data reached it).
+            return damaged(offset, "zero-length record");
+        }
+        if len > remaining - HEADER_LEN as u64 {
+            return damaged(offset, "record runs past the end of the segment");
+        }
+        // `len` is bounded by the file's size, so this allocation is too.
+        payload.resize(len as usize, 0);
+        r.read_exact(&mut payload).map_err(io_err)?;
+        if crc32fast::hash(&payload) != crc {
+            return damaged(offset, "checksum mismatch");
+        }
+        on_record(&payload);
+        offset += HEADER_LEN as u64 + len;
+    }
+    Ok(SegmentEnd::Clean)
+}
+
+/// Cuts a damaged last segment back to its last good record and makes that durable.
+pub(crate) fn truncate_segment(path: &Path, len: u64) -> Result<(), StoreError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.set_len(len)?;
+            f.sync_all()
+        })
+        .map_err(|e| StoreError::io("truncate WAL segment", path, e))
+}
+
+/// What became of one group of requests handed to [`SegmentWriter::write_group`].
+#[derive(Debug)]
+pub(crate) struct GroupOutcome {
+    /// How many requests, from the first, are durable.
+    pub(crate) durable: usize,
+    /// Why the rest are not.
+    pub(crate) error: Option<StoreError>,
+}
+
+/// Appends to the last segment, owned by the commit thread.
+#[derive(Debug)]
+pub(crate) struct SegmentWriter {
+    dir: PathBuf,
+    index: u32,
+    file: File,
+    /// Durable length of the current segment.
+    len: u64,
+    segment_bytes: u64,
+    /// Bytes of all segments, shared with [`super::Store::stats`].
+    total: Arc<AtomicU64>,
+    buf: Vec<u8>,
+    /// Set when a failed write could not be undone: no more writes until a restart.
+    broken: Option<String>,
+}
+
+impl SegmentWriter {
+    /// Continues segment `index` (creating it if missing) in `dir`. `total` holds the bytes
+    /// of all segments already there.
+    pub(crate) fn open(
+        dir: &Path,
+        index: u32,
+        segment_bytes: u64,
+        total: Arc<AtomicU64>,
+    ) -> Result<Self, StoreError> {
+        let path = segment_path(dir, index);
+        let existed = path.exists();
+        let file = open_append(&path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("read WAL segment", &path, e))?
+            .len();
+        if !existed {
+            sync_dir(dir)?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            file,
+            len,
+            segment_bytes: segment_bytes.max(1),
+            total,
+            buf: Vec::new(),
+            broken: None,
+        })
+    }
+
+    pub(crate) fn path(&self) -> PathBuf {
+        segment_path(&self.dir, self.index)
+    }
+
+    /// Writes and fsyncs each request's records, in order, cutting segments between requests.
+    pub(crate) fn write_group<'a>(
+        &mut self,
+        requests: impl IntoIterator<Item = &'a [u8]>,
+    ) -> GroupOutcome {
+        if let Some(reason) = &self.broken {
+            return GroupOutcome {
+                durable: 0,
+                error: Some(StoreError::WalUnavailable(reason.clone())),
+            };
+        }
+        self.buf.clear();
+        let mut durable = 0;
+        let mut count = 0;
+        for records in requests {
+            let pending = self.len + self.buf.len() as u64;
+            if pending > 0 && pending + records.len() as u64 > self.segment_bytes {
+                if let Err(error) = self.flush() {
+                    return GroupOutcome {
+                        durable,
+                        error: Some(error),
+                    };
+                }
+                durable = count;
+                if let Err(error) = self.cut() {
+                    return GroupOutcome {
+                        durable,
+                        error: Some(error),
+                    };
+                }
+            }
+            self.buf.extend_from_slice(records);
+            count += 1;
+        }
+        match self.flush() {
+            Ok(()) => GroupOutcome {
+                durable: count,
+                error: None,
+            },
+            Err(error) => GroupOutcome {
+                durable,
+                error: Some(error),
+            },
+        }
+    }
+
+    /// Writes and fsyncs `self.buf`; on failure, truncates the segment back to its durable
+    /// length.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = io::Write::write_all(&mut self.file, &self.buf)
+            .map_err(|e| StoreError::io("write WAL segment", &self.path(), e))
+            .and_then(|()| {
+                self.file
+                    .sync_data()
+                    .map_err(|e| StoreError::io("fsync WAL segment", &self.path(), e))
+            });
+        match result {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                self.total
+                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+                self.buf.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.clear();
+                // The file is opened for appending, so the next write lands at the new end.
+                if let Err(undo) = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_all())
+                {
+                    let reason = format!(
+                        "{e}; then cannot truncate {} back to {} bytes: {undo}",
+                        self.path().display(),
+                        self.len
+                    );
+                    tracing::error!("WAL writer stopped: {reason}");
+                    self.broken = Some(reason);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the next segment. The current one must be durable.
+    fn cut(&mut self) -> Result<(), StoreError> {
+        let next = self
+            .index
+            .checked_add(1)
+            .filter(|&i| i <= MAX_SEGMENT_INDEX)
+            .ok_or_else(|| {
+                StoreError::WalUnavailable("WAL segment numbers are exhausted".to_owned())
+            })?;
+        let path = segment_path(&self.dir, next);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create WAL segment", &path, e))?;
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.index = next;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open WAL segment", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_example() -> Vec<u8> {
+        let mut series = RecordWriter::new(TYPE_SERIES);
+        series
+            .series(7, "up", [("job", "api"), ("zone", "é")].into_iter())
+            .unwrap();
+        series.series(8, "down", std::iter::empty()).unwrap();
+        let mut samples = RecordWriter::new(TYPE_SAMPLES);
+        samples.sample(7, 1_700_000_000_000, 1.5).unwrap();
+        samples.sample(8, 1_700_000_000_000, f64::NAN).unwrap();
+        samples.sample(7, 1_699_000_000_000, -0.0).unwrap();
+        let mut out = series.finish().unwrap();
+        out.extend(samples.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let bytes = encode_example();
+        let payloads: Vec<_> = frames(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(payloads.len(), 2);
+        let Record::Series(series) = decode(payloads[0]).unwrap() else {
+            panic!("series record expected")
+        };
+        let series: Vec<_> = series.collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            series,
+            [
+                SeriesEntry {
+                    sref: 7,
+                    name: "up",
+                    labels: vec![("job", "api"), ("zone", "é")]
+                },
+                SeriesEntry {
+                    sref: 8,
+                    name: "down",
+                    labels: vec![]
+                }
+            ]
+        );
+        let Record::Samples(samples) = decode(payloads[1]).unwrap() else {
+            panic!("samples record expected")
+        };
+        let samples: Vec<_> = samples.collect::<Result<_, _>>().unwrap();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(
+            (samples[0].sref, samples[0].t, samples[0].v),
+            (7, 1_700_000_000_000, 1.5)
+        );
+        assert_eq!(samples[1].sref, 8);
+        assert!(samples[1].v.is_nan());
+        assert_eq!(samples[2].t, 1_699_000_000_000);
+        assert_eq!(samples[2].v.to_bits(), (-0.0f64).to_bits());
+    }
+
+    #[test]
+    fn large_inputs_are_split_into_several_records() {
+        let mut w = RecordWriter::new(TYPE_SAMPLES);
+        for i in 0..200_000u64 {
+            w.sample(i, i as i64, i as f64).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let payloads: Vec<_> = frames(&bytes).collect::<Result<_, _>>().unwrap();
+        assert!(payloads.len() > 1);
+        let mut n = 0u64;
+        for p in payloads {
+            assert!(p.len() <= TARGET_RECORD_BYTES + 32);
+            let Ok(Record::Samples(entries)) = decode(p) else {
+                panic!()
+            };
+            for e in entries {
+                let e = e.unwrap();
+                assert_eq!((e.sref, e.t), (n, n as i64));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 200_000);
+    }
+
+    #[test]
+    fn segment_reader_reports_torn_and_corrupt_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let good = encode_example();
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(b"\x40\x00\x00\x00garbage");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut n = 0;
+        let end = read_segment(&path, |_| n += 1).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            end,
+            SegmentEnd::Damaged {
+                offset: good.len() as u64,
+                file_len: bytes.len() as u64,
+                reason: "record runs past the end of the segment"
+            }
+        );
+
+        // A flipped byte inside the second record's payload fails its checksum.
+        let mut bytes = good.clone();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut n = 0;
+        let end = read_segment(&path, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        assert!(matches!(
+            end,
+            SegmentEnd::Damaged {
+                reason: "checksum mismatch",
+                ..
+            }
+        ));
+
+        truncate_segment(&path, 0).unwrap();
+        assert_eq!(read_segment(&path, |_| {}).unwrap(), SegmentEnd::Clean);
+    }
+
+    #[test]
+    fn writer_cuts_segments_between_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = Arc::new(AtomicU64::new(0));
+        let mut w = SegmentWriter::open(dir.path(), 1, 100, total.clone()).unwrap();
+        let req = encode_example();
+        assert!(req.len() < 100);
+        let out = w.write_group([req.as_slice(), req.as_slice(), req.as_slice()]);
+        assert_eq!(out.durable, 3);
+        assert!(out.error.is_none());
+        assert_eq!(list_segments(dir.path()).unwrap(), [1, 2, 3]);
+        assert_eq!(total.load(Ordering::Relaxed), 3 * req.len() as u64);
+        let mut n = 0;
+        for i in [1, 2, 3] {
+            let end = read_segment(&segment_path(dir.path(), i), |_| n += 1).unwrap();
+            assert_eq!(end, SegmentEnd::Clean);
+        }
+        assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn listing_ignores_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["00000002", "00000010", "00000001.tmp", "checkpoint", "1"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(list_segments(dir.path()).unwrap(), [2, 10]);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            for frame in frames(&bytes) {
+                let _ = frame;
+            }
+            if let Ok(record) = decode(&bytes) {
+                match record {
+                    Record::Series(entries) => entries.for_each(drop),
+                    Record::Samples(entries) => entries.for_each(drop),
+                }
+            }
+        }
+    }
+}
