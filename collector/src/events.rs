@@ -5,7 +5,7 @@ use sonde_common::telemetry::{Counter, Histogram, LATENCY_BUCKETS, LabeledCounte
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::store::{AppendStats, StoreStats};
+use crate::store::{AppendStats, ReplayReport, StoreStats};
 
 /// Log at most one line per reason per this interval, so hostile traffic cannot flood logs.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -94,7 +94,7 @@ impl Events {
         self.queries.add(endpoint, 1);
     }
 
-    pub fn render(&self, store: &StoreStats) -> String {
+    pub fn render(&self, store: &StoreStats, replay: &ReplayReport) -> String {
         let mut e = TextEncoder::new();
         e.counter(
             "sonde_collector_batches_received_total",

@@ -1,5 +1,7 @@
-//! Encode and decode of a 10,000-sample batch (1,000 hosts' worth of series shape: 5 labels
-//! each), per compression. Prints bytes per sample for each, then criterion's samples/s.
+//! Encode and decode of a 10,000-sample batch (host-metric series shape: 5 labels each), per
+//! compression, side by side with the same batch as a Prometheus remote-write 1.0 request
+//! (protobuf + snappy, the peer format). Prints bytes per sample for each, then criterion's
+//! samples/s.
 //!
 //! `cargo bench -p sonde-common --bench wire`
 
@@ -43,6 +45,89 @@ fn batch() -> Batch {
     b.build()
 }
 
+/// Prometheus remote write 1.0 messages (prompb), hand-written as prost generates them.
+mod prompb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+fn to_remote_write(batch: &Batch) -> prompb::WriteRequest {
+    prompb::WriteRequest {
+        timeseries: batch
+            .iter()
+            .map(|v| prompb::TimeSeries {
+                labels: std::iter::once(("__name__", v.name()))
+                    .chain(v.labels())
+                    .map(|(n, v)| prompb::Label {
+                        name: n.into(),
+                        value: v.into(),
+                    })
+                    .collect(),
+                samples: v
+                    .samples()
+                    .iter()
+                    .map(|s| prompb::Sample {
+                        value: s.value,
+                        timestamp: s.timestamp_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn bench_remote_write(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    batch: &Batch,
+) {
+    use prost::Message;
+    let encode = |b: &Batch| {
+        let raw = to_remote_write(b).encode_to_vec();
+        snap::raw::Encoder::new().compress_vec(&raw).unwrap()
+    };
+    let bytes = encode(batch);
+    eprintln!(
+        "remote write (protobuf+snappy): {} bytes, {:.2} bytes/sample",
+        bytes.len(),
+        bytes.len() as f64 / SAMPLES as f64
+    );
+    group.bench_function("encode/remote_write_snappy", |b| {
+        b.iter(|| encode(black_box(batch)))
+    });
+    group.bench_function("decode/remote_write_snappy", |b| {
+        b.iter(|| {
+            let raw = snap::raw::Decoder::new()
+                .decompress_vec(black_box(&bytes))
+                .unwrap();
+            prompb::WriteRequest::decode(raw.as_slice()).unwrap()
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let batch = batch();
     assert_eq!(batch.sample_count(), SAMPLES);
@@ -64,6 +149,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| wire::decode(black_box(&bytes), &limits).unwrap())
         });
     }
+    bench_remote_write(&mut group, &batch);
     group.bench_function("validate", |b| {
         b.iter(|| black_box(&batch).validate(&Default::default()).unwrap())
     });
