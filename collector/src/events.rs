@@ -147,6 +147,35 @@ impl Events {
             "Bytes in the embedded store's write-ahead log.",
             store.wal_bytes as f64,
         );
+        for (name, help, value) in [
+            (
+                "sonde_collector_store_replayed_samples",
+                "Samples recovered from the WAL at start.",
+                replay.samples,
+            ),
+            (
+                "sonde_collector_store_replay_damaged_segments",
+                "WAL segments whose replay stopped at a damaged record at start.",
+                replay.damaged_segments,
+            ),
+            (
+                "sonde_collector_store_replay_truncated_bytes",
+                "Bytes of a torn write cut from the WAL's tail at start (never acknowledged).",
+                replay.truncated_bytes,
+            ),
+            (
+                "sonde_collector_store_replay_lost_samples",
+                "Samples in the WAL that could not be replayed at start (their series record was lost).",
+                replay.orphan_samples,
+            ),
+            (
+                "sonde_collector_store_replay_undecodable_records",
+                "WAL records that passed their checksum but could not be decoded at start.",
+                replay.undecodable_records,
+            ),
+        ] {
+            e.gauge(name, help, value as f64);
+        }
         e.gauge(
             "sonde_collector_uptime_seconds",
             "Seconds since the collector started.",
