@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::try_from(cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
