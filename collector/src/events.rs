@@ -94,7 +94,7 @@ impl Events {
         self.queries.add(endpoint, 1);
     }
 
-    pub fn render(&self, store: &StoreStats, replay: &ReplayReport) -> String {
+    pub fn render(&self, store: &StoreStats, replay: &ReplayReport, queue_fill: f64) -> String {
         let mut e = TextEncoder::new();
         e.counter(
             "sonde_collector_batches_received_total",
@@ -176,6 +176,11 @@ impl Events {
         ] {
             e.gauge(name, help, value as f64);
         }
+        e.gauge(
+            "sonde_collector_queue_fill_ratio",
+            "How full the ingest queue to storage is (0 idle, 1 full: pushes wait). The autoscaling signal.",
+            queue_fill,
+        );
         e.gauge(
             "sonde_collector_uptime_seconds",
             "Seconds since the collector started.",

@@ -133,9 +133,11 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             }
         }
         (&Method::GET, "/metrics") => {
-            let body = state
-                .events
-                .render(&state.store.stats(), &state.store.replay_report());
+            let body = state.events.render(
+                &state.store.stats(),
+                &state.store.replay_report(),
+                state.store.queue_fill(),
+            );
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

@@ -396,6 +396,16 @@ impl Store {
         }
     }
 
+    /// How full the commit queue is, from 0 (idle) to 1 (appends wait): the signal an
+    /// autoscaler reads as `sonde_collector_queue_fill_ratio`.
+    pub fn queue_fill(&self) -> f64 {
+        let tx = self.inner.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        match tx.as_ref() {
+            Some(tx) => 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64,
+            None => 0.0,
+        }
+    }
+
     /// What the WAL replay at open found (damage included).
     pub fn replay_report(&self) -> ReplayReport {
         self.inner.replay.clone()
