@@ -45,35 +45,7 @@ fn batch() -> Batch {
     b.build()
 }
 
-/// Prometheus remote write 1.0 messages (prompb), hand-written as prost generates them.
-mod prompb {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WriteRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub timeseries: Vec<TimeSeries>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Label {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
-}
+use sonde_common::remote_write as prompb;
 
 fn to_remote_write(batch: &Batch) -> prompb::WriteRequest {
     prompb::WriteRequest {
@@ -104,11 +76,7 @@ fn bench_remote_write(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     batch: &Batch,
 ) {
-    use prost::Message;
-    let encode = |b: &Batch| {
-        let raw = to_remote_write(b).encode_to_vec();
-        snap::raw::Encoder::new().compress_vec(&raw).unwrap()
-    };
+    let encode = |b: &Batch| prompb::encode(&to_remote_write(b));
     let bytes = encode(batch);
     eprintln!(
         "remote write (protobuf+snappy): {} bytes, {:.2} bytes/sample",
@@ -119,12 +87,7 @@ fn bench_remote_write(
         b.iter(|| encode(black_box(batch)))
     });
     group.bench_function("decode/remote_write_snappy", |b| {
-        b.iter(|| {
-            let raw = snap::raw::Decoder::new()
-                .decompress_vec(black_box(&bytes))
-                .unwrap();
-            prompb::WriteRequest::decode(raw.as_slice()).unwrap()
-        })
+        b.iter(|| prompb::decode(black_box(&bytes), 64 << 20).unwrap())
     });
 }
 

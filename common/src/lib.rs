@@ -4,11 +4,13 @@
 //! - [`wire`]: the versioned agent-to-collector batch format (envelope, codec, hostile-input limits).
 //! - [`retry`]: the one retry policy (capped exponential backoff with full jitter, Retry-After)
 //!   used by every sender.
+//! - [`remote_write`]: Prometheus remote write 1.0 messages and their snappy framing.
 //! - [`telemetry`]: self-metric primitives and their text rendering.
 //! - [`duration`]: Prometheus-style durations for flags and config.
 
 pub mod duration;
 pub mod model;
+pub mod remote_write;
 pub mod retry;
 pub mod telemetry;
 pub mod wire;
