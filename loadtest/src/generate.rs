@@ -9,8 +9,18 @@
 
 use sonde_common::model::{MetricKind, Series};
 
-const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
-const MEMORY: [&str; 7] = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree"];
+const MODES: [&str; 8] = [
+    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+];
+const MEMORY: [&str; 7] = [
+    "MemTotal",
+    "MemFree",
+    "MemAvailable",
+    "Buffers",
+    "Cached",
+    "SwapTotal",
+    "SwapFree",
+];
 const DISK: [&str; 6] = [
     "node_disk_read_bytes_total",
     "node_disk_written_bytes_total",
@@ -32,7 +42,9 @@ const NET: [&str; 8] = [
 const HANDLERS: [&str; 4] = ["/api/orders", "/api/users", "/healthz", "/static"];
 const METHODS: [&str; 3] = ["GET", "POST", "PUT"];
 const STATUSES: [&str; 3] = ["200", "404", "500"];
-const BUCKETS: [&str; 11] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"];
+const BUCKETS: [&str; 11] = [
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf",
+];
 
 /// The shape of every simulated host.
 #[derive(Clone, Debug)]
@@ -80,7 +92,10 @@ pub struct Host {
 fn t(name: &str, labels: &[(&str, String)], kind: MetricKind) -> Template {
     Template {
         name: name.to_owned(),
-        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
         kind,
         churns: false,
     }
@@ -92,7 +107,11 @@ impl Host {
         let mut v = Vec::new();
         for cpu in 0..shape.cpus {
             for mode in MODES {
-                v.push(t("node_cpu_seconds_total", &[("cpu", cpu.to_string()), ("mode", mode.into())], Counter));
+                v.push(t(
+                    "node_cpu_seconds_total",
+                    &[("cpu", cpu.to_string()), ("mode", mode.into())],
+                    Counter,
+                ));
             }
         }
         for m in MEMORY {
@@ -103,7 +122,11 @@ impl Host {
         }
         for d in 0..shape.disks {
             for m in DISK {
-                v.push(t(m, &[("device", format!("sd{}", (b'a' + d as u8) as char))], Counter));
+                v.push(t(
+                    m,
+                    &[("device", format!("sd{}", (b'a' + d as u8) as char))],
+                    Counter,
+                ));
             }
         }
         for i in 0..shape.interfaces {
@@ -112,22 +135,57 @@ impl Host {
             }
         }
         for f in 0..shape.filesystems {
-            let labels = [("device", format!("/dev/vd{}", (b'a' + f as u8) as char)), ("fstype", "ext4".into()), ("mountpoint", if f == 0 { "/".into() } else { format!("/data{f}") })];
-            for m in ["node_filesystem_size_bytes", "node_filesystem_free_bytes", "node_filesystem_avail_bytes"] {
+            let labels = [
+                ("device", format!("/dev/vd{}", (b'a' + f as u8) as char)),
+                ("fstype", "ext4".into()),
+                (
+                    "mountpoint",
+                    if f == 0 {
+                        "/".into()
+                    } else {
+                        format!("/data{f}")
+                    },
+                ),
+            ];
+            for m in [
+                "node_filesystem_size_bytes",
+                "node_filesystem_free_bytes",
+                "node_filesystem_avail_bytes",
+            ] {
                 v.push(t(m, &labels, Gauge));
             }
         }
         for h in HANDLERS {
             for m in METHODS {
                 for s in STATUSES {
-                    v.push(t("http_requests_total", &[("handler", h.into()), ("method", m.into()), ("status", s.into())], Counter));
+                    v.push(t(
+                        "http_requests_total",
+                        &[
+                            ("handler", h.into()),
+                            ("method", m.into()),
+                            ("status", s.into()),
+                        ],
+                        Counter,
+                    ));
                 }
             }
             for le in BUCKETS {
-                v.push(t("http_request_duration_seconds_bucket", &[("handler", h.into()), ("le", le.into())], Histogram));
+                v.push(t(
+                    "http_request_duration_seconds_bucket",
+                    &[("handler", h.into()), ("le", le.into())],
+                    Histogram,
+                ));
             }
-            v.push(t("http_request_duration_seconds_sum", &[("handler", h.into())], Histogram));
-            v.push(t("http_request_duration_seconds_count", &[("handler", h.into())], Histogram));
+            v.push(t(
+                "http_request_duration_seconds_sum",
+                &[("handler", h.into())],
+                Histogram,
+            ));
+            v.push(t(
+                "http_request_duration_seconds_count",
+                &[("handler", h.into())],
+                Histogram,
+            ));
         }
         // The application's series churn (think pods being replaced): the last share of them.
         let churning = ((v.len() as f64) * shape.churn.clamp(0.0, 1.0)).round() as usize;
@@ -174,13 +232,21 @@ mod tests {
 
     #[test]
     fn host_shape_and_churn() {
-        let shape = HostShape { churn: 0.1, churn_every: 10, ..HostShape::default() };
+        let shape = HostShape {
+            churn: 0.1,
+            churn_every: 10,
+            ..HostShape::default()
+        };
         let h = Host::new("h1".into(), &shape);
         assert_eq!(h.series_count(), 32 + 7 + 3 + 12 + 16 + 6 + 36 + 52);
         let churning = h.templates.iter().filter(|t| t.churns).count();
         assert_eq!(churning, 16);
         let last = h.series_count() - 1;
-        assert_ne!(h.series(last, 0), h.series(last, 10), "a churning series changes identity");
+        assert_ne!(
+            h.series(last, 0),
+            h.series(last, 10),
+            "a churning series changes identity"
+        );
         assert_eq!(h.series(0, 0), h.series(0, 10), "a stable series keeps it");
         let limits = sonde_common::model::Limits::default();
         for i in 0..h.series_count() {

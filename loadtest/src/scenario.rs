@@ -1,0 +1,374 @@
+//! Scenarios that ship with the load generator. Each starts the processes it needs on
+//! 127.0.0.1, drives load, audits what was stored, writes its reports, and stops everything.
+//!
+//! - `baseline`: one collector with its embedded store.
+//! - `peer`: the same load into our collector (native) and into VictoriaMetrics (remote write),
+//!   side by side in one run.
+//! - `fleet`: haproxy in front of 1, 2 and 3 collectors, closed loop, throughput per count.
+//! - `outage`: a collector killed with SIGKILL mid-run and restarted; nothing acknowledged may
+//!   be lost.
+
+use anyhow::bail;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::audit;
+use crate::drive::{DriveConfig, Mode, Protocol, drive};
+use crate::generate::{Host, HostShape};
+use crate::procs::{self, Server};
+use crate::report::{self, ProcessUsage, Report};
+
+#[derive(Debug, clap::Args)]
+pub struct ScenarioArgs {
+    /// baseline, peer, fleet or outage.
+    pub name: String,
+    /// Length of each load phase.
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// Simulated hosts (each ~164 series).
+    #[arg(long, default_value_t = 200)]
+    pub hosts: usize,
+    /// Push interval of every simulated host (open-loop phases).
+    #[arg(long, default_value = "1s")]
+    pub interval: String,
+    /// Concurrent senders in closed-loop phases (fleet).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Share of series that churn (0..1).
+    #[arg(long, default_value_t = 0.05)]
+    pub churn: f64,
+    /// Write the scenario's JSON summary (every report) here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Directory for text, JSON and SVG reports.
+    #[arg(long, default_value = "loadtest-results")]
+    pub out: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub reports: Vec<Report>,
+    /// Scenario-specific figures (ratios, scaling).
+    pub summary: serde_json::Value,
+    /// Lost acknowledged samples over every phase: must be 0.
+    pub lost: u64,
+}
+
+struct Plan {
+    duration: Duration,
+    interval: Duration,
+    hosts: Arc<Vec<Host>>,
+    series_per_host: usize,
+    args: ScenarioArgs,
+}
+
+fn hosts(n: usize, churn: f64, tag: &str) -> Arc<Vec<Host>> {
+    let shape = HostShape {
+        churn,
+        churn_every: 10,
+        ..HostShape::default()
+    };
+    Arc::new(
+        (0..n)
+            .map(|i| Host::new(format!("lt-{tag}-{i:05}"), &shape))
+            .collect(),
+    )
+}
+
+fn run_tag() -> String {
+    format!("{:x}", sonde_common::model::now_ms() % 0xff_ffff)
+}
+
+impl Plan {
+    fn drive_config(
+        &self,
+        target: String,
+        protocol: Protocol,
+        mode: Mode,
+    ) -> anyhow::Result<DriveConfig> {
+        Ok(DriveConfig {
+            target: target.parse()?,
+            protocol,
+            interval: self.interval,
+            duration: self.duration,
+            max_requests: u64::MAX,
+            mode,
+            max_inflight: 1024,
+            timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(30),
+            quiet: self.args.quiet,
+        })
+    }
+
+    /// One phase: drive, flush the storage if it buffers (`flush`), audit against
+    /// `query_urls`, measure the servers' CPU over the load (`usage`), report.
+    async fn phase(
+        &self,
+        name: &str,
+        cfg: DriveConfig,
+        query_urls: &[String],
+        flush: Option<String>,
+        usage: &(dyn Fn() -> Vec<ProcessUsage> + Sync),
+    ) -> anyhow::Result<Report> {
+        let before = usage();
+        let hosts = self.hosts.clone();
+        let target = cfg.target.to_string();
+        let (protocol, mode) = (cfg.protocol, cfg.mode);
+        let result = drive(cfg, hosts.clone()).await;
+        let mut after = usage();
+        for u in &mut after {
+            u.cpu_seconds -= before
+                .iter()
+                .find(|b| b.name == u.name)
+                .map(|b| b.cpu_seconds)
+                .unwrap_or(0.0);
+        }
+        if let Some(url) = flush {
+            http_get(&url).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let range_s = (result.elapsed.as_secs() + 120).max(180);
+        let audit = audit(
+            query_urls,
+            hosts,
+            &result.acked,
+            sonde_common::model::now_ms() + 1000,
+            range_s,
+        )
+        .await;
+        let r = Report::new(
+            name,
+            &target,
+            protocol,
+            mode,
+            self.hosts.len(),
+            self.series_per_host,
+            self.interval.as_secs_f64(),
+            &result,
+            Some(audit),
+            after,
+        );
+        eprintln!("\n{}", r.text());
+        report::write_all(&r, &self.args.out, name)?;
+        Ok(r)
+    }
+}
+
+fn usage_of(servers: &[&Server]) -> Vec<ProcessUsage> {
+    servers.iter().map(|s| s.usage()).collect()
+}
+
+fn native_url(s: &Server) -> String {
+    format!("http://127.0.0.1:{}/api/v1/push", s.port)
+}
+
+fn query_url(s: &Server) -> String {
+    format!("http://127.0.0.1:{}", s.port)
+}
+
+pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
+    let duration =
+        sonde_common::duration::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
+    let interval =
+        sonde_common::duration::parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
+    let hosts = hosts(args.hosts, args.churn, &run_tag());
+    let series_per_host = hosts.first().map(Host::series_count).unwrap_or(0);
+    let plan = Plan {
+        duration,
+        interval,
+        hosts,
+        series_per_host,
+        args,
+    };
+    let name = plan.args.name.clone();
+    let (reports, summary) = match name.as_str() {
+        "baseline" => {
+            let c = procs::collector("sonde-collector").await?;
+            let r = plan
+                .phase(
+                    "baseline",
+                    plan.drive_config(native_url(&c), Protocol::Native, Mode::Open)?,
+                    &[query_url(&c)],
+                    None,
+                    &|| usage_of(&[&c]),
+                )
+                .await?;
+            let summary = serde_json::json!({"accepted_per_s": r.accepted_per_s, "p99_ms": r.latency.p99_ms, "server_cpu_us_per_sample": r.server_cpu_us_per_sample});
+            (vec![r], summary)
+        }
+        "peer" => peer(&plan).await?,
+        "fleet" => fleet(&plan).await?,
+        "outage" => outage(&plan).await?,
+        other => bail!("unknown scenario '{other}': baseline, peer, fleet or outage"),
+    };
+    let lost = reports.iter().map(|r| r.lost).sum();
+    let result = ScenarioResult {
+        scenario: name.clone(),
+        reports,
+        summary,
+        lost,
+    };
+    let json = serde_json::to_string_pretty(&result)?;
+    std::fs::create_dir_all(&plan.args.out)?;
+    std::fs::write(plan.args.out.join(format!("scenario-{name}.json")), &json)?;
+    if let Some(path) = &plan.args.json {
+        std::fs::write(path, &json)?;
+    }
+    Ok(result)
+}
+
+async fn peer(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
+    let c = procs::collector("sonde-collector").await?;
+    let vm = procs::victoria_metrics().await?;
+    let sonde = plan
+        .phase(
+            "peer-sonde",
+            plan.drive_config(native_url(&c), Protocol::Native, Mode::Open)?,
+            &[query_url(&c)],
+            None,
+            &|| usage_of(&[&c]),
+        )
+        .await?;
+    let vm_url = format!("http://127.0.0.1:{}/api/v1/write", vm.port);
+    // VictoriaMetrics buffers recent samples in memory before search sees them: flush first.
+    let flush = format!("http://127.0.0.1:{}/internal/force_flush", vm.port);
+    let vm_report = plan
+        .phase(
+            "peer-victoriametrics",
+            plan.drive_config(vm_url, Protocol::RemoteWrite, Mode::Open)?,
+            &[query_url(&vm)],
+            Some(flush),
+            &|| usage_of(&[&vm]),
+        )
+        .await?;
+    let ratio = match (
+        sonde.server_cpu_us_per_sample,
+        vm_report.server_cpu_us_per_sample,
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let summary = serde_json::json!({
+        "sonde_cpu_us_per_sample": sonde.server_cpu_us_per_sample,
+        "victoriametrics_cpu_us_per_sample": vm_report.server_cpu_us_per_sample,
+        "cpu_ratio_sonde_to_victoriametrics": ratio,
+        "sonde_p99_ms": sonde.latency.p99_ms,
+        "victoriametrics_p99_ms": vm_report.latency.p99_ms,
+        "sonde_peak_rss_bytes": sonde.servers.first().map(|s| s.peak_rss_bytes),
+        "victoriametrics_peak_rss_bytes": vm_report.servers.first().map(|s| s.peak_rss_bytes),
+    });
+    Ok((vec![sonde, vm_report], summary))
+}
+
+async fn http_get(url: &str) {
+    use http_body_util::Empty;
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    if let Ok(uri) = url.parse::<hyper::Uri>() {
+        let _ = tokio::time::timeout(Duration::from_secs(30), client.get(uri)).await;
+    }
+}
+
+async fn fleet(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
+    let mut reports = Vec::new();
+    let mut points = Vec::new();
+    for n in 1..=3usize {
+        let mut collectors = Vec::new();
+        for i in 0..n {
+            collectors.push(procs::collector(&format!("sonde-collector-{i}")).await?);
+        }
+        let ports: Vec<u16> = collectors.iter().map(|c| c.port).collect();
+        let lb = procs::haproxy(&ports).await?;
+        let queries: Vec<String> = collectors.iter().map(query_url).collect();
+        let mut servers: Vec<&Server> = collectors.iter().collect();
+        servers.push(&lb);
+        let cfg = plan.drive_config(
+            format!("http://127.0.0.1:{}/api/v1/push", lb.port),
+            Protocol::Native,
+            Mode::Closed {
+                concurrency: plan.args.concurrency,
+            },
+        )?;
+        let r = plan
+            .phase(&format!("fleet-{n}"), cfg, &queries, None, &|| {
+                usage_of(&servers)
+            })
+            .await?;
+        let collector_cpu: f64 = r
+            .servers
+            .iter()
+            .filter(|s| s.name.starts_with("sonde-collector"))
+            .map(|s| s.cpu_seconds)
+            .sum();
+        points.push(serde_json::json!({
+            "collectors": n,
+            "accepted_per_s": r.accepted_per_s,
+            "p99_ms": r.latency.p99_ms,
+            "collector_cpu_seconds": collector_cpu,
+            "samples_per_collector_cpu_second": if collector_cpu > 0.0 { r.accepted as f64 / collector_cpu } else { 0.0 },
+        }));
+        reports.push(r);
+    }
+    let line: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["collectors"].as_f64().unwrap_or(0.0),
+                p["accepted_per_s"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    std::fs::write(
+        plan.args.out.join("fleet-scaling.svg"),
+        report::line_chart(
+            "fleet: accepted samples/s by collector count (haproxy, closed loop)",
+            "collectors",
+            "samples/s",
+            &[("accepted", "#1f77b4", line)],
+        ),
+    )?;
+    Ok((
+        reports,
+        serde_json::json!({"points": points, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
+    ))
+}
+
+async fn outage(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
+    let c = procs::collector("sonde-collector").await?;
+    let (url, q, port) = (native_url(&c), query_url(&c), c.port);
+    let c = Arc::new(std::sync::Mutex::new(c));
+    let kill_after = plan.duration / 3;
+    let down_for = (plan.duration / 6).max(Duration::from_secs(1));
+    let killer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(kill_after).await;
+            eprintln!("outage: SIGKILL to the collector");
+            c.lock().unwrap_or_else(|e| e.into_inner()).kill9();
+            tokio::time::sleep(down_for).await;
+            let restarted = c.lock().unwrap_or_else(|e| e.into_inner()).restart();
+            let ready = procs::wait_port_ready(port, "/readyz", Duration::from_secs(30)).await;
+            eprintln!("outage: collector restarted ({restarted:?}, ready: {ready})");
+        })
+    };
+    let usage = || vec![c.lock().unwrap_or_else(|e| e.into_inner()).usage()];
+    let r = plan
+        .phase(
+            "outage",
+            plan.drive_config(url, Protocol::Native, Mode::Open)?,
+            &[q],
+            None,
+            &usage,
+        )
+        .await?;
+    killer.await?;
+    let summary = serde_json::json!({"killed_after_s": kill_after.as_secs_f64(), "down_for_s": down_for.as_secs_f64(), "retries": r.retries, "lost": r.lost});
+    Ok((vec![r], summary))
+}
