@@ -272,7 +272,7 @@ pub async fn haproxy(backends: &[u16]) -> anyhow::Result<Server> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
     let mut cfg = String::from(
-        "global\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 2\n  option redispatch\n",
+        "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 2\n  option redispatch\n",
     );
     cfg.push_str(&format!(
         "frontend ingest\n  bind 127.0.0.1:{port}\n  default_backend collectors\n"

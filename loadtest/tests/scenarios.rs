@@ -1,0 +1,104 @@
+//! The shipped scenarios, short: each starts its real processes on 127.0.0.1 (our collector,
+//! VictoriaMetrics and haproxy from Debian's archive), drives load, and its loss audit must find
+//! every acknowledged sample.
+//!
+//! Needs the workspace's binaries (`cargo build --workspace --bins`) and the Debian packages
+//! `victoria-metrics` and `haproxy` (the README's test command installs them).
+
+use serde_json::Value;
+use std::process::Command;
+
+fn scenario(name: &str, extra: &[&str]) -> Value {
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_sonde-loadtest"))
+        .args(["scenario", name, "--hosts", "20", "--quiet", "--out"])
+        .arg(out.path())
+        .arg("--json")
+        .arg(&json)
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scenario {name} failed: {status}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for report in v["reports"].as_array().unwrap() {
+        let name = report["name"].as_str().unwrap();
+        let accepted = report["accepted"].as_u64().unwrap();
+        assert!(accepted > 0, "{name}: nothing accepted");
+        assert_eq!(report["lost"], 0, "{name}: {}", report["audit"]);
+        assert_eq!(
+            report["audit"]["checked_samples"].as_u64().unwrap(),
+            accepted,
+            "{name}: the audit checks every accepted sample"
+        );
+        assert_eq!(report["audit"]["query_errors"], 0, "{name}");
+        // The report's files are all there, plots included.
+        for ext in ["txt", "json", "throughput.svg", "latency.svg"] {
+            let sep = if ext.ends_with("svg") { "-" } else { "." };
+            let path = out.path().join(format!("{name}{sep}{ext}"));
+            assert!(path.exists(), "{} missing", path.display());
+        }
+    }
+    assert_eq!(v["lost"], 0);
+    v
+}
+
+#[test]
+fn baseline() {
+    let v = scenario("baseline", &["--duration", "3s"]);
+    let r = &v["reports"][0];
+    assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        r["statuses"]["200"].as_u64().unwrap(),
+        r["requests"].as_u64().unwrap()
+    );
+    assert!(r["servers"][0]["cpu_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn peer_runs_the_same_load_into_victoriametrics() {
+    let v = scenario("peer", &["--duration", "3s"]);
+    assert_eq!(v["reports"][1]["protocol"], "remote-write");
+    assert_eq!(
+        v["reports"][0]["offered"], v["reports"][1]["offered"],
+        "the same load on both"
+    );
+    assert!(
+        v["summary"]["cpu_ratio_sonde_to_victoriametrics"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn fleet_behind_haproxy() {
+    let v = scenario("fleet", &["--duration", "2s", "--concurrency", "8"]);
+    let points = v["summary"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    // Every collector behind the balancer took a share.
+    let last = &v["reports"][2];
+    let collectors: Vec<&Value> = last["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"].as_str().unwrap().starts_with("sonde-collector"))
+        .collect();
+    assert_eq!(collectors.len(), 3);
+    assert!(
+        collectors
+            .iter()
+            .all(|c| c["cpu_seconds"].as_f64().unwrap() > 0.0)
+    );
+}
+
+#[test]
+fn outage_loses_nothing_acknowledged() {
+    let v = scenario("outage", &["--duration", "6s"]);
+    let r = &v["reports"][0];
+    assert!(
+        r["retries"].as_u64().unwrap() > 0,
+        "the outage forced retries"
+    );
+    assert_eq!(r["failed"], 0);
+}
