@@ -126,15 +126,20 @@ def flags_from_rust(paths):
                     name = name.group(1) if name else field.group(1).replace("_", "-")
                     env = re.search(r'\benv\s*=\s*"([^"]+)"', body)
                     default = re.search(r'\bdefault_value\s*=\s*"([^"]*)"', body)
-                    flags[name] = (
-                        env.group(1) if env else None,
-                        field.group(2).strip() != "bool",
-                        default.group(1) if default else None,
-                    )
+                    default = default.group(1) if default else rust_int(body)
+                    flags[name] = (env.group(1) if env else None, field.group(2).strip() != "bool", default)
                 attrs = ""
             else:
                 attrs += line + "\n"
     return flags
+
+
+def rust_int(attr_body):
+    """The value of `default_value_t = 64 << 20` (integer literals, <<, *, +), as a string."""
+    m = re.search(r"\bdefault_value_t\s*=\s*([0-9_ <*+]+?)\s*(?:,|$)", attr_body.strip())
+    if not m:
+        return None
+    return str(eval(m.group(1).replace("_", ""), {"__builtins__": {}}))  # digits and operators only
 
 
 def load_flags():
@@ -317,14 +322,17 @@ def check(render, profile=None, namespace=NAMESPACE):
         check_pod(render, doc, pod, labels, bad)
         for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
             where = f"{ref(doc)}: container {c.get('name')}"
-            check_container(c, where, bad)
-            binary = binary_of(c)
-            if binary:
-                check_flags(c, binary, where, bad, notes)
-            if binary == "collector":
-                check_collector(render, doc, pod, c, where, bad)
-            if binary == "agent":
-                check_agent(render, doc, pod, c, where, bad)
+            try:
+                check_container(c, where, bad)
+                binary = binary_of(c)
+                if binary:
+                    check_flags(c, binary, where, bad, notes)
+                if binary == "collector":
+                    check_collector(render, doc, pod, c, where, bad)
+                if binary == "agent":
+                    check_agent(render, doc, pod, c, where, bad)
+            except (ValueError, TypeError) as e:
+                bad(where, f"cannot be checked: {e} (give the value literally in args)")
     check_autoscaling(render, bad)
     check_services(render, bad)
     check_network(render, bad)
@@ -525,8 +533,10 @@ def check_collector(render, doc, pod, c, where, bad):
         loopback = False
     if loopback:
         bad(where, f"--listen {listen} is a loopback address: nothing outside the pod reaches it")
-    if not loopback and s.get("insecure-no-auth")[0] is None and "token-file" not in FLAGS["collector"]:
-        bad(where, f"--listen {listen} is not loopback: today's collector refuses to start without --insecure-no-auth")
+    has_tokens = "token-file" in FLAGS["collector"] and s.get("token-file")[0] is not None
+    if not loopback and s.get("insecure-no-auth")[0] is None and not has_tokens:
+        bad(where, f"--listen {listen} is not loopback: the collector refuses to start without "
+                   "--insecure-no-auth (or a token file, once it has --token-file)")
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = (c.get(probe) or {}).get("httpGet") or {}
         if get.get("path") != path or port_number(c, get.get("port")) != port:
@@ -539,16 +549,12 @@ def check_collector(render, doc, pod, c, where, bad):
         bad(where, "no preStop sleep: endpoints may still route new pushes to a stopping pod")
         sleep = 0
     drain, _ = s.get("drain-timeout")
-    try:
-        drain_s = parse_duration(drain)
-    except (ValueError, TypeError):
-        drain_s = None
+    drain_s = parse_duration(drain)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    if drain_s is not None:
-        need = sleep + drain_s + GRACE_MARGIN_S
-        if grace < need:
-            bad(where, f"terminationGracePeriodSeconds {grace} < preStop sleep {sleep}s + "
-                       f"--drain-timeout {drain} + {GRACE_MARGIN_S}s margin = {need:g}s")
+    need = sleep + drain_s + GRACE_MARGIN_S
+    if grace < need:
+        bad(where, f"terminationGracePeriodSeconds {grace} < preStop sleep {sleep}s + "
+                   f"--drain-timeout {drain} + {GRACE_MARGIN_S}s margin = {need:g}s")
     data_dir, _ = s.get("data-dir")
     mount = mount_for(c, str(data_dir).rstrip("/"))
     if mount is None:
@@ -1015,8 +1021,9 @@ MUTATIONS = [
     ("--proc-path left at the container's /proc",
      mutate_container("DaemonSet", "sonde-agent", lambda c: c.update(args=[a for a in c["args"] if "proc-path" not in a])),
      "--proc-path /proc is not where host /proc is mounted"),
-    ("agent buffer larger than its memory",
-     mutate_container("DaemonSet", "sonde-agent", set_arg("buffer-bytes", str(64 << 20))),
+    ("agent buffer left at its default (64 MiB), larger than its memory limit allows",
+     mutate_container("DaemonSet", "sonde-agent",
+                      lambda c: c.update(args=[a for a in c["args"] if "buffer-bytes" not in a])),
      "--buffer-bytes 67108864 is more than half the memory limit"),
     ("ServiceAccount token automounted",
      mutate_doc("ServiceAccount", "sonde-collector", lambda d: d.update(automountServiceAccountToken=True)),
@@ -1039,9 +1046,9 @@ MUTATIONS = [
      mutate_doc("PodDisruptionBudget", "sonde-collector",
                 lambda d: d["spec"].update(selector={"matchLabels": {"app.kubernetes.io/name": "collector"}})),
      "no PodDisruptionBudget selects its pods"),
-    ("a future flag on the command line",
-     mutate_container("Deployment", "sonde-collector", set_arg("remote-write", "http://vm:8480/api/v1/write")),
-     "unknown flag --remote-write for sonde-collector"),
+    ("a flag the binary does not have",
+     mutate_container("Deployment", "sonde-collector", set_arg("no-such-flag", "1")),
+     "unknown flag --no-such-flag for sonde-collector"),
     ("a misspelt SONDE_ variable",
      mutate_container("Deployment", "sonde-collector", set_env("SONDE_DRAIN_TIMOUT", "25s")),
      "SONDE_DRAIN_TIMOUT is neither"),
