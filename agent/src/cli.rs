@@ -61,6 +61,73 @@ pub struct Cli {
     #[arg(long, env = "SONDE_HTTP_LISTEN", default_value = "127.0.0.1:9471")]
     pub http_listen: String,
 
+    /// Largest batch, in samples: a bigger flush is cut into several batches.
+    #[arg(long, env = "SONDE_BATCH_MAX_SAMPLES", default_value_t = 10_000)]
+    pub batch_max_samples: usize,
+
+    /// The first flush waits a random delay up to this long (at most --interval), so hosts
+    /// started together do not all push in the same millisecond.
+    #[arg(long, env = "SONDE_FLUSH_JITTER", default_value = "5s")]
+    pub flush_jitter: String,
+
+    /// Directory of the disk spool: batches that overflow the memory buffer, and those still
+    /// undelivered at shutdown, wait there (and survive a restart). Off when not given.
+    #[arg(long, env = "SONDE_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most bytes the spool holds; beyond it the oldest spooled batch is dropped and counted.
+    #[arg(long, env = "SONDE_SPOOL_BYTES", default_value_t = 1 << 30)]
+    pub spool_bytes: u64,
+
+    /// StatsD/DogStatsD UDP address. Empty disables the UDP listener.
+    #[arg(long, env = "SONDE_STATSD_LISTEN", default_value = "127.0.0.1:8125")]
+    pub statsd_listen: String,
+
+    /// Also receive StatsD on this Unix datagram socket (senders then see back-pressure
+    /// instead of silent drops).
+    #[arg(long, env = "SONDE_STATSD_SOCKET")]
+    pub statsd_socket: Option<PathBuf>,
+
+    /// Kernel receive buffer requested for the StatsD UDP socket, in bytes.
+    #[arg(long, env = "SONDE_STATSD_RECV_BUFFER", default_value_t = 8 << 20)]
+    pub statsd_recv_buffer: usize,
+
+    /// Threads reading the StatsD UDP socket.
+    #[arg(long, env = "SONDE_STATSD_THREADS", default_value_t = 2)]
+    pub statsd_threads: usize,
+
+    /// Most StatsD series aggregated at once; lines for new series beyond it are refused and
+    /// counted (sonde_agent_statsd_bad_lines_total{reason="cardinality_limit"}).
+    #[arg(long, env = "SONDE_STATSD_MAX_SERIES", default_value_t = 100_000)]
+    pub statsd_max_series: usize,
+
+    /// A StatsD series not updated for this long is no longer reported (and forgotten).
+    #[arg(long, env = "SONDE_STATSD_IDLE_TIMEOUT", default_value = "5m")]
+    pub statsd_idle_timeout: String,
+
+    /// Histogram bucket upper bounds for StatsD timers (in seconds) and histograms,
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "SONDE_STATSD_BUCKETS",
+        value_delimiter = ',',
+        default_value = "0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10"
+    )]
+    pub statsd_buckets: Vec<f64>,
+
+    /// A local Prometheus/OpenMetrics endpoint to scrape (repeatable), e.g.
+    /// http://127.0.0.1:9100/metrics.
+    #[arg(long = "scrape", env = "SONDE_SCRAPE", value_delimiter = ',')]
+    pub scrapes: Vec<String>,
+
+    /// How often each --scrape target is scraped (default: --interval).
+    #[arg(long, env = "SONDE_SCRAPE_INTERVAL")]
+    pub scrape_interval: Option<String>,
+
+    /// Timeout of one scrape.
+    #[arg(long, env = "SONDE_SCRAPE_TIMEOUT", default_value = "5s")]
+    pub scrape_timeout: String,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_agent=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

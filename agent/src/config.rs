@@ -1,10 +1,13 @@
 //! Validated configuration, derived from [`crate::cli::Cli`]; each stage gets its own part.
 
+use crate::aggregate::AggregateConfig;
 use crate::cli::Cli;
 use crate::sources::host::HostConfig;
+use crate::sources::statsd::listener::StatsdConfig;
 use sonde_common::duration::parse_duration;
 use sonde_common::wire::Compression;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -32,6 +35,27 @@ pub struct PushConfig {
     pub compression: Compression,
 }
 
+/// What the StatsD source needs.
+#[derive(Clone, Debug)]
+pub struct StatsdSettings {
+    pub listener: StatsdConfig,
+    pub aggregate: AggregateConfig,
+}
+
+/// One local endpoint to scrape.
+#[derive(Clone, Debug)]
+pub struct ScrapeTarget {
+    pub url: hyper::Uri,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub interval: Duration,
@@ -40,6 +64,12 @@ pub struct Config {
     pub push: PushConfig,
     pub shutdown_timeout: Duration,
     pub http_listen: Option<SocketAddr>,
+    pub batch_max_samples: usize,
+    pub flush_jitter: Duration,
+    pub spool: Option<SpoolConfig>,
+    /// `None` when no StatsD socket is configured.
+    pub statsd: Option<StatsdSettings>,
+    pub scrapes: Vec<ScrapeTarget>,
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -104,6 +134,62 @@ impl TryFrom<Cli> for Config {
         if cli.buffer_bytes < 64 << 10 {
             return Err(invalid("buffer-bytes", "must be at least 65536"));
         }
+        let statsd_udp = match cli.statsd_listen.trim() {
+            "" => None,
+            addr => Some(
+                addr.parse()
+                    .map_err(|e| invalid("statsd-listen", format!("'{addr}': {e}")))?,
+            ),
+        };
+        if cli.statsd_buckets.iter().any(|b| !b.is_finite()) {
+            return Err(invalid(
+                "statsd-buckets",
+                "bounds must be finite numbers (+Inf is implicit)",
+            ));
+        }
+        let statsd_idle = duration("statsd-idle-timeout", &cli.statsd_idle_timeout)?;
+        let statsd =
+            (statsd_udp.is_some() || cli.statsd_socket.is_some()).then(|| StatsdSettings {
+                listener: StatsdConfig {
+                    udp: statsd_udp,
+                    unix: cli.statsd_socket.clone(),
+                    recv_buffer: cli.statsd_recv_buffer,
+                    threads: cli.statsd_threads.clamp(1, 16),
+                },
+                aggregate: AggregateConfig {
+                    hostname: String::new(),
+                    max_series: cli.statsd_max_series,
+                    idle_timeout: statsd_idle,
+                    buckets: cli.statsd_buckets.clone(),
+                },
+            });
+        let scrape_interval = match &cli.scrape_interval {
+            Some(v) => duration("scrape-interval", v)?,
+            None => interval,
+        };
+        let scrape_timeout = duration("scrape-timeout", &cli.scrape_timeout)?;
+        let scrapes = cli
+            .scrapes
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| {
+                let url: hyper::Uri = u
+                    .trim()
+                    .parse()
+                    .map_err(|e| invalid("scrape", format!("'{u}' is not a URL: {e}")))?;
+                if url.scheme_str() != Some("http") || url.authority().is_none() {
+                    return Err(invalid(
+                        "scrape",
+                        format!("'{u}': only http://host:port/path URLs are supported"),
+                    ));
+                }
+                Ok(ScrapeTarget {
+                    url,
+                    interval: scrape_interval,
+                    timeout: scrape_timeout,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let http_listen = match cli.http_listen.trim() {
             "" => None,
             addr => Some(
@@ -130,6 +216,14 @@ impl TryFrom<Cli> for Config {
             },
             shutdown_timeout: duration("shutdown-timeout", &cli.shutdown_timeout)?,
             http_listen,
+            batch_max_samples: cli.batch_max_samples.max(1),
+            flush_jitter: duration("flush-jitter", &cli.flush_jitter)?,
+            spool: cli.spool_dir.map(|dir| SpoolConfig {
+                dir,
+                max_bytes: cli.spool_bytes,
+            }),
+            statsd,
+            scrapes,
         })
     }
 }
@@ -155,6 +249,34 @@ mod tests {
         );
         assert_eq!(c.buffer_bytes, 64 << 20);
         assert_eq!(c.push.compression, Compression::Zstd);
+        let statsd = c.statsd.unwrap();
+        assert_eq!(statsd.listener.udp.unwrap().to_string(), "127.0.0.1:8125");
+        assert_eq!(statsd.aggregate.idle_timeout, Duration::from_secs(300));
+        assert_eq!(statsd.aggregate.buckets.len(), 11);
+        assert!(c.spool.is_none() && c.scrapes.is_empty());
+    }
+
+    #[test]
+    fn statsd_and_scrape_flags() {
+        let c = parse(&[
+            "--statsd-listen",
+            "",
+            "--scrape",
+            "http://127.0.0.1:9100/metrics",
+            "--scrape-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert!(c.statsd.is_none());
+        assert_eq!(c.scrapes[0].timeout, Duration::from_secs(2));
+        assert_eq!(c.scrapes[0].interval, c.interval);
+        assert!(parse(&["--scrape", "https://x/metrics"]).is_err());
+        assert!(
+            parse(&["--statsd-listen", "nonsense"])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--statsd-listen")
+        );
     }
 
     #[test]

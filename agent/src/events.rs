@@ -4,7 +4,8 @@
 use sonde_common::telemetry::{
     Counter, Gauge, Histogram, LATENCY_BUCKETS, LabeledCounter, TextEncoder,
 };
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::batch::EncodedBatch;
 
@@ -21,6 +22,17 @@ pub struct Events {
     pub dropped_samples: LabeledCounter,
     pub buffer_batches: Gauge,
     pub buffer_bytes: Gauge,
+    pub spool_batches: Gauge,
+    pub spool_bytes: Gauge,
+    pub samples_collected: LabeledCounter,
+    pub statsd_packets: Counter,
+    pub statsd_lines: Counter,
+    pub statsd_bad_lines: LabeledCounter,
+    pub statsd_kernel_drops: Gauge,
+    pub statsd_series: Gauge,
+    pub scrape_errors: LabeledCounter,
+    last_statsd_log: AtomicU64,
+    started: Instant,
 }
 
 impl Default for Events {
@@ -37,6 +49,17 @@ impl Default for Events {
             dropped_samples: LabeledCounter::new("reason"),
             buffer_batches: Gauge::default(),
             buffer_bytes: Gauge::default(),
+            spool_batches: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            samples_collected: LabeledCounter::new("source"),
+            statsd_packets: Counter::default(),
+            statsd_lines: Counter::default(),
+            statsd_bad_lines: LabeledCounter::new("reason"),
+            statsd_kernel_drops: Gauge::default(),
+            statsd_series: Gauge::default(),
+            scrape_errors: LabeledCounter::new("reason"),
+            last_statsd_log: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 }
@@ -48,6 +71,36 @@ impl Events {
         for (area, _) in errors {
             self.collect_errors.add(area, 1);
         }
+    }
+
+    /// A StatsD line (or packet) refused: counted by reason, logged at most every 10 s.
+    pub fn statsd_bad_line(&self, reason: &'static str, line: &str) {
+        self.statsd_bad_lines.add(reason, 1);
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.last_statsd_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_statsd_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let excerpt: String = line.chars().take(120).collect();
+            if reason == "cardinality_limit" {
+                tracing::warn!(
+                    reason,
+                    "StatsD series limit reached: refusing new series (first refused: {excerpt:?}); raise --statsd-max-series or fix the metric's tags"
+                );
+            } else {
+                tracing::warn!(
+                    reason,
+                    "skipping bad StatsD line {excerpt:?} (counted in sonde_agent_statsd_bad_lines_total)"
+                );
+            }
+        }
+    }
+
+    pub fn collected_samples(&self, source: &'static str, n: usize) {
+        self.samples_collected.add(source, n as u64);
     }
 
     pub fn buffered(&self, usage: (usize, usize)) {
@@ -80,6 +133,12 @@ impl Events {
             samples,
             "dropping samples: {cause}"
         );
+    }
+
+    /// Samples dropped outside any encoded batch (encode errors, spool), with the reason.
+    pub fn dropped_samples_only(&self, reason: &'static str, samples: usize, cause: &str) {
+        self.dropped_samples.add(reason, samples as u64);
+        tracing::error!(reason, samples, "dropping samples: {cause}");
     }
 
     pub fn render(&self) -> String {

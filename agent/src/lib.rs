@@ -2,6 +2,7 @@
 //! sequence number) -> [`buffer`] (bounded, drops oldest) -> [`push`] (retry, failover).
 //! [`pipeline::run`] wires them and owns the shutdown order; [`events`] counts and logs.
 
+pub mod aggregate;
 pub mod batch;
 pub mod buffer;
 pub mod cli;
@@ -11,5 +12,6 @@ pub mod http;
 pub mod pipeline;
 pub mod push;
 pub mod sources;
+pub mod spool;
 
 pub use pipeline::{AgentError, run};

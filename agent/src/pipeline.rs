@@ -1,9 +1,18 @@
-//! The agent's pipeline: sources -> batch -> buffer -> push, and its shutdown order.
+//! The agent's pipeline: sources -> aggregate -> batch -> buffer -> push, and its shutdown
+//! order.
 //!
-//! Every interval the host source is read (on a blocking thread), the readings are cut into
-//! one encoded batch and buffered; the pusher delivers buffered batches independently, so a slow
-//! or absent collector never delays collection. On shutdown: stop collecting; keep pushing until
-//! the buffer is empty or the shutdown timeout passes; count and log whatever is left.
+//! - Every interval (after a random first delay, so hosts started together spread their
+//!   pushes) the host source is read on a blocking thread, the StatsD aggregator is flushed,
+//!   and the agent's own metrics are sampled; the points go to the [`Outbox`], which cuts
+//!   bounded batches into the buffer.
+//! - StatsD packets are read by the listener's own threads straight into the aggregator; a slow
+//!   or absent collector never delays them.
+//! - Each `--scrape` target has its own task and interval.
+//! - The pusher delivers buffered batches independently of all of the above.
+//!
+//! Shutdown: stop the StatsD threads and scrape tasks; flush the aggregator and collect one
+//! last time; keep pushing until the buffer is empty or the shutdown timeout passes; then
+//! spool (if configured) or count and log whatever is left.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batch::Batcher;
+use crate::aggregate::Aggregator;
+use crate::batch::{Batcher, Outbox, Point};
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::events::Events;
@@ -20,17 +30,71 @@ use crate::http;
 use crate::push::Pusher;
 use crate::sources::Reading;
 use crate::sources::host::{HostError, HostSource};
+use crate::sources::statsd::listener::{self, ListenError, Listener};
+use crate::spool::Spool;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
     #[error("cannot start the host source: {0}")]
     Host(#[from] HostError),
+    #[error(transparent)]
+    Statsd(#[from] ListenError),
+    #[error("cannot open the spool in {dir}: {cause}")]
+    Spool {
+        dir: std::path::PathBuf,
+        cause: std::io::Error,
+    },
     #[error("host source task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Everything one flush reads from.
+struct Flusher {
+    host: Arc<Mutex<HostSource>>,
+    aggregator: Option<Arc<Mutex<Aggregator>>>,
+    listener: Option<Listener>,
+    events: Arc<Events>,
+    outbox: Arc<Outbox>,
+    readings: Vec<Reading>,
+}
+
+impl Flusher {
+    /// One collection: host metrics, StatsD aggregates, self-metrics.
+    async fn flush(&mut self) -> Result<(), AgentError> {
+        let timestamp = sonde_common::model::now_ms();
+        let started = Instant::now();
+        let source = self.host.clone();
+        let mut out = std::mem::take(&mut self.readings);
+        let (mut out, stats) = tokio::task::spawn_blocking(move || {
+            let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
+            let stats = source.collect(&mut out);
+            (out, stats)
+        })
+        .await?;
+        self.events.collected(started.elapsed(), &stats.errors);
+        let host_points: Vec<Point> = out.drain(..).map(Point::from).collect();
+        self.readings = out;
+        self.outbox.submit("host", &host_points, timestamp);
+
+        if let Some(agg) = &self.aggregator {
+            let mut points = Vec::new();
+            let series = {
+                let mut agg = agg.lock().unwrap_or_else(|e| e.into_inner());
+                agg.flush(timestamp, &mut points);
+                agg.series_count()
+            };
+            self.events.statsd_series.set(series as f64);
+            if let Some(drops) = self.listener.as_ref().and_then(Listener::kernel_drops) {
+                self.events.statsd_kernel_drops.set(drops as f64);
+            }
+            self.outbox.submit("statsd", &points, timestamp);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled, then flushes (bounded by the configured
-/// shutdown timeout) and returns. `http` serves self-metrics when given.
+/// shutdown timeout) and returns. `http_listener` serves self-metrics when given.
 pub async fn run(
     config: Config,
     http_listener: Option<TcpListener>,
@@ -39,12 +103,49 @@ pub async fn run(
     let host_cfg = config.host.clone();
     let host = tokio::task::spawn_blocking(move || HostSource::new(host_cfg)).await??;
     let hostname = host.hostname().to_owned();
-    let host = Arc::new(Mutex::new(host));
     let events = Arc::new(Events::default());
-    let buffer = Arc::new(Buffer::new(config.buffer_bytes));
+    let spool = match &config.spool {
+        Some(s) => Some(
+            Spool::open(&s.dir, s.max_bytes).map_err(|cause| AgentError::Spool {
+                dir: s.dir.clone(),
+                cause,
+            })?,
+        ),
+        None => None,
+    };
+    if let Some(s) = &spool
+        && !s.is_empty()
+    {
+        tracing::info!(
+            batches = s.usage().0,
+            bytes = s.usage().1,
+            "delivering batches spooled by an earlier run first"
+        );
+    }
+    let buffer = Arc::new(Buffer::with_spool(config.buffer_bytes, spool));
     let first_sequence = sonde_common::model::now_ms().max(0) as u64;
-    let mut batcher = Batcher::new(hostname.clone(), first_sequence, config.push.compression);
-    tracing::info!(host = %hostname, interval = ?config.interval, collectors = ?config.push.urls.iter().map(|u| u.to_string()).collect::<Vec<_>>(), "agent started");
+    let batcher = Batcher::new(hostname.clone(), first_sequence, config.push.compression);
+    let outbox = Arc::new(Outbox::new(
+        batcher,
+        buffer.clone(),
+        events.clone(),
+        config.batch_max_samples,
+    ));
+
+    let (aggregator, listener) = match &config.statsd {
+        Some(s) => {
+            let agg = Arc::new(Mutex::new(Aggregator::new(
+                crate::aggregate::AggregateConfig {
+                    hostname: hostname.clone(),
+                    ..s.aggregate.clone()
+                },
+            )));
+            let l = listener::start(&s.listener, agg.clone(), events.clone())?;
+            (Some(agg), Some(l))
+        }
+        None => (None, None),
+    };
+    tracing::info!(host = %hostname, interval = ?config.interval, collectors = ?config.push.urls.iter().map(|u| u.to_string()).collect::<Vec<_>>(), statsd = ?listener.as_ref().and_then(|l| l.local_udp), "agent started");
 
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
@@ -54,49 +155,39 @@ pub async fn run(
         tracker.spawn(http::serve(listener, events.clone(), hard_stop.clone()));
     }
 
-    let mut ticker = tokio::time::interval(config.interval);
+    let mut flusher = Flusher {
+        host: Arc::new(Mutex::new(host)),
+        aggregator,
+        listener,
+        events: events.clone(),
+        outbox: outbox.clone(),
+        readings: Vec::new(),
+    };
+    let jitter = config
+        .flush_jitter
+        .min(config.interval)
+        .mul_f64(fastrand::f64());
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + jitter, config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut readings: Vec<Reading> = Vec::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        let timestamp = sonde_common::model::now_ms();
-        let started = Instant::now();
-        let source = host.clone();
-        let mut out = std::mem::take(&mut readings);
-        let (out, stats) = tokio::task::spawn_blocking(move || {
-            let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
-            let stats = source.collect(&mut out);
-            (out, stats)
-        })
-        .await?;
-        events.collected(started.elapsed(), &stats.errors);
-        match batcher.cut(&out, timestamp) {
-            Ok(Some(batch)) => {
-                let dropped = buffer.push(batch);
-                if !dropped.is_empty() {
-                    events.dropped("buffer_full", &dropped, "the push buffer is full (collectors unreachable for long); dropped the oldest batches");
-                }
-                events.buffered(buffer.usage());
-            }
-            Ok(None) => {}
-            Err(e) => events.dropped("encode_error", &[], &format!("cannot encode batch: {e}")),
-        }
-        readings = out;
-        readings.clear();
+        flusher.flush().await?;
     }
 
+    // Shutdown: stop intake, take a last flush, deliver what we can, keep or count the rest.
+    if let Some(l) = flusher.listener.take() {
+        tokio::task::spawn_blocking(move || l.stop()).await?;
+    }
+    flusher.flush().await?;
     tracing::info!(timeout = ?config.shutdown_timeout, buffered = ?buffer.usage(), "shutting down: delivering buffered batches");
     tracker.close();
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
-    loop {
-        // The pusher returns by itself once the buffer is empty (shutdown is cancelled).
-        if buffer.usage().0 == 0 {
-            break;
-        }
+    while !buffer.is_empty() {
         tokio::select! {
             _ = &mut deadline => break,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -106,10 +197,14 @@ pub async fn run(
     tracker.wait().await;
     let left = buffer.drain();
     if !left.is_empty() {
-        events.dropped(
-            "shutdown",
-            &left,
-            "shutdown timeout reached before the collectors acknowledged these batches",
+        events.dropped("shutdown", &left, "shutdown timeout reached before the collectors acknowledged these batches (use --spool-dir to keep them)");
+    }
+    outbox.account();
+    let (spooled, _) = buffer.spool_usage();
+    if spooled > 0 {
+        tracing::info!(
+            batches = spooled,
+            "undelivered batches kept in the spool for the next start"
         );
     }
     tracing::info!("agent stopped");

@@ -268,17 +268,24 @@ pub fn read_envelope(bytes: &[u8], limits: &WireLimits) -> Result<Envelope, Deco
     })
 }
 
-/// Decodes an envelope from untrusted bytes. See the module docs for the order of checks.
-pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Batch, DecodeError> {
+/// Checks the envelope header and the payload's checksum without decompressing or decoding
+/// (for stored batches, such as an agent's spool).
+pub fn verify(bytes: &[u8], limits: &WireLimits) -> Result<Envelope, DecodeError> {
     let env = read_envelope(bytes, limits)?;
-    let payload = &bytes[HEADER_LEN..];
-    let actual = crc32fast::hash(payload);
+    let actual = crc32fast::hash(&bytes[HEADER_LEN..]);
     if actual != env.checksum {
         return Err(DecodeError::Checksum {
             expected: env.checksum,
             actual,
         });
     }
+    Ok(env)
+}
+
+/// Decodes an envelope from untrusted bytes. See the module docs for the order of checks.
+pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Batch, DecodeError> {
+    let env = verify(bytes, limits)?;
+    let payload = &bytes[HEADER_LEN..];
     let decompressed;
     let raw: &[u8] = match env.compression {
         Compression::None => {
