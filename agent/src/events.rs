@@ -198,6 +198,47 @@ impl Events {
             "Bytes of batches waiting for delivery.",
             self.buffer_bytes.get(),
         );
+        e.gauge(
+            "sonde_agent_spool_batches",
+            "Batches waiting in the disk spool.",
+            self.spool_batches.get(),
+        );
+        e.gauge(
+            "sonde_agent_spool_bytes",
+            "Bytes of batches waiting in the disk spool.",
+            self.spool_bytes.get(),
+        );
+        e.labeled_counter(
+            "sonde_agent_samples_collected_total",
+            "Samples collected, by source (host, statsd, scrape, push, self).",
+            &self.samples_collected,
+        );
+        e.counter(
+            "sonde_agent_statsd_packets_total",
+            "StatsD packets received.",
+            &self.statsd_packets,
+        );
+        e.counter(
+            "sonde_agent_statsd_lines_total",
+            "StatsD lines received.",
+            &self.statsd_lines,
+        );
+        e.labeled_counter(
+            "sonde_agent_statsd_bad_lines_total",
+            "StatsD lines refused, by reason.",
+            &self.statsd_bad_lines,
+        );
+        e.gauge("sonde_agent_statsd_kernel_drops", "Packets the kernel dropped for the StatsD UDP socket (receive buffer full), from /proc/net/udp.", self.statsd_kernel_drops.get());
+        e.gauge(
+            "sonde_agent_statsd_series",
+            "StatsD series being aggregated.",
+            self.statsd_series.get(),
+        );
+        e.labeled_counter(
+            "sonde_agent_scrape_errors_total",
+            "Failed scrapes of local endpoints, by reason.",
+            &self.scrape_errors,
+        );
         e.finish()
     }
 }
