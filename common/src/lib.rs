@@ -9,6 +9,7 @@
 //! - [`duration`]: Prometheus-style durations for flags and config.
 
 pub mod duration;
+pub mod exposition;
 pub mod model;
 pub mod remote_write;
 pub mod retry;

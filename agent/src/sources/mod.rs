@@ -3,6 +3,7 @@
 //! aggregation, batching or pushing, which happen downstream.
 
 pub mod host;
+pub mod scrape;
 pub mod statsd;
 
 use sonde_common::model::{MetricKind, Series};
