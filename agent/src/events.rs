@@ -236,7 +236,7 @@ impl Events {
         );
         e.labeled_counter(
             "sonde_agent_scrape_errors_total",
-            "Failed scrapes of local endpoints, by reason.",
+            "Failed scrapes of local endpoints (and refused pushes of Prometheus text: reason push_parse), by reason.",
             &self.scrape_errors,
         );
         e.finish()

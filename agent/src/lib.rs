@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod pipeline;
 pub mod push;
+pub mod selfmetrics;
 pub mod sources;
 pub mod spool;
 

@@ -56,6 +56,8 @@ struct Flusher {
     events: Arc<Events>,
     outbox: Arc<Outbox>,
     readings: Vec<Reading>,
+    hostname: String,
+    started_ms: i64,
 }
 
 impl Flusher {
@@ -88,6 +90,17 @@ impl Flusher {
                 self.events.statsd_kernel_drops.set(drops as f64);
             }
             self.outbox.submit("statsd", &points, timestamp);
+        }
+
+        // Last, so the counts above are in it.
+        match crate::selfmetrics::from_text(
+            &self.events.render(),
+            &self.hostname,
+            timestamp,
+            self.started_ms,
+        ) {
+            Ok(points) => self.outbox.submit("self", &points, timestamp),
+            Err(e) => tracing::error!("cannot read back the agent's own metrics: {e}"),
         }
         Ok(())
     }
@@ -131,6 +144,7 @@ pub async fn run(
         events.clone(),
         config.batch_max_samples,
     ));
+    outbox.account();
 
     let (aggregator, listener) = match &config.statsd {
         Some(s) => {
@@ -152,7 +166,16 @@ pub async fn run(
     let pusher = Pusher::new(config.push.clone(), events.clone());
     tracker.spawn(pusher.run(buffer.clone(), shutdown.clone(), hard_stop.clone()));
     if let Some(listener) = http_listener {
-        tracker.spawn(http::serve(listener, events.clone(), hard_stop.clone()));
+        let push = http::PushTarget {
+            outbox: outbox.clone(),
+            hostname: hostname.clone(),
+        };
+        tracker.spawn(http::serve(
+            listener,
+            events.clone(),
+            push,
+            hard_stop.clone(),
+        ));
     }
 
     let mut flusher = Flusher {
@@ -162,6 +185,8 @@ pub async fn run(
         events: events.clone(),
         outbox: outbox.clone(),
         readings: Vec::new(),
+        hostname: hostname.clone(),
+        started_ms: sonde_common::model::now_ms(),
     };
     let jitter = config
         .flush_jitter

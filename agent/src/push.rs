@@ -182,6 +182,9 @@ impl Pusher {
                 }
             }
             self.events.buffered(buffer.usage());
+            let (spooled, spooled_bytes) = buffer.spool_usage();
+            self.events.spool_batches.set(spooled as f64);
+            self.events.spool_bytes.set(spooled_bytes as f64);
         }
     }
 }

@@ -1,7 +1,8 @@
-//! StatsD through the real agent into the real collector, over real sockets: exact totals under
-//! concurrent senders, the statsd_exporter-style name mapping, timers as histograms in seconds,
-//! bad lines counted by reason without losing the good lines of the same packet, and the
-//! cardinality limit.
+//! Metrics from local applications, through the real agent into the real collector over real
+//! sockets. StatsD: exact totals under concurrent senders, the statsd_exporter-style name
+//! mapping, timers as histograms in seconds, bad lines counted by reason without losing the good
+//! lines of the same packet, and the cardinality limit. Pushed Prometheus text: accepted, or
+//! refused with a reason.
 //!
 //! Needs the workspace's binaries (`cargo build --workspace --bins`).
 
@@ -262,4 +263,45 @@ fn mapping_histograms_sets_gauges_and_bad_lines() {
         "never merged into another series"
     );
     drop(s.agent);
+}
+
+#[test]
+fn pushed_prometheus_text_is_forwarded_and_bad_text_refused() {
+    let s = setup(&[]);
+    let text = "# TYPE jobs_done_total counter\njobs_done_total{queue=\"mail\"} 42\n# TYPE temp gauge\ntemp 21.5\n";
+    let (status, body) = support::http_request(
+        s.agent_port,
+        "POST",
+        "/api/v1/import/prometheus",
+        &[("Content-Type", "text/plain; version=0.0.4")],
+        text.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{body}");
+    let (cp, h) = (s.collector_port, &s.host);
+    wait_until(Duration::from_secs(20), "pushed counter stored", || {
+        latest(
+            cp,
+            &format!("jobs_done_total{{host=\"{h}\",queue=\"mail\"}}"),
+        )
+        .filter(|v| *v == 42.0)
+    });
+    assert_eq!(latest(cp, &format!("temp{{host=\"{h}\"}}")), Some(21.5));
+    let (status, body) = support::http_request(
+        s.agent_port,
+        "POST",
+        "/api/v1/import/prometheus",
+        &[],
+        b"jobs{ 1\n",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("line 1"), "{body}");
+    assert_eq!(
+        agent_metric(
+            s.agent_port,
+            "sonde_agent_scrape_errors_total{reason=\"push_parse\"} "
+        ),
+        1.0
+    );
 }
