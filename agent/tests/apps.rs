@@ -305,3 +305,18 @@ fn pushed_prometheus_text_is_forwarded_and_bad_text_refused() {
         1.0
     );
 }
+
+#[test]
+fn unix_datagram_socket_intake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd.sock");
+    let s = setup(&["--statsd-socket", path.to_str().unwrap()]);
+    wait_until(Duration::from_secs(10), "socket bound", || path.exists());
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for _ in 0..100 {
+        sock.send_to(b"uds.hits:1|c", &path).unwrap();
+    }
+    let (cp, h) = (s.collector_port, &s.host);
+    let got = wait_until(Duration::from_secs(20), "counted", || latest(cp, &format!("uds_hits_total{{host=\"{h}\"}}")).filter(|v| *v == 100.0));
+    assert_eq!(got, 100.0);
+}
