@@ -69,7 +69,12 @@ async fn import(
         }
     };
     let now = sonde_common::model::now_ms();
-    match exposition::parse_bytes(&body, format, now, &ParseLimits::default()) {
+    // One label fewer than the collector allows: `host` may be added.
+    let limits = ParseLimits {
+        max_labels_per_series: sonde_common::model::Limits::default().max_labels_per_series - 1,
+        ..ParseLimits::default()
+    };
+    match exposition::parse_bytes(&body, format, now, &limits) {
         Ok(exp) => {
             let points = crate::selfmetrics::points(&exp, &push.hostname, None);
             let n = points.len();

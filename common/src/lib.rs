@@ -7,6 +7,7 @@
 //! - [`remote_write`]: Prometheus remote write 1.0 messages and their snappy framing.
 //! - [`telemetry`]: self-metric primitives and their text rendering.
 //! - [`duration`]: Prometheus-style durations for flags and config.
+//! - [`exposition`]: the Prometheus text and OpenMetrics parser (scrapes, pushed text).
 
 pub mod duration;
 pub mod exposition;

@@ -269,6 +269,11 @@ impl Store {
     /// visible to queries. Dropping the future after the records were queued does not undo
     /// them: they are still made durable and applied.
     pub async fn append(&self, batch: &Batch) -> Result<AppendStats, StoreError> {
+        self.append_tenant("", batch).await
+    }
+
+    /// [`Store::append`] into `tenant`'s namespace ("" is the default tenant).
+    pub async fn append_tenant(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, StoreError> {
         let tx = self
             .inner
             .tx
@@ -276,7 +281,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or(StoreError::Closed)?;
-        let prepared = self.prepare(batch)?;
+        let prepared = self.prepare(tenant, batch)?;
         let Some(records) = prepared.records else {
             return Ok(prepared.stats);
         };
@@ -293,7 +298,7 @@ impl Store {
 
     /// Resolves (or creates) each series and encodes the samples that are new to the head as
     /// WAL records; counts the others.
-    fn prepare(&self, batch: &Batch) -> Result<Prepared, StoreError> {
+    fn prepare(&self, tenant: &str, batch: &Batch) -> Result<Prepared, StoreError> {
         let mut stats = AppendStats::default();
         let mut series_out = RecordWriter::new(wal::TYPE_SERIES);
         let mut samples_out = RecordWriter::new(wal::TYPE_SAMPLES);
@@ -301,12 +306,13 @@ impl Store {
         {
             let head = self.read();
             for (i, view) in batch.iter().enumerate() {
-                let hash = head.identity_hash(view.name(), view.labels());
-                match head.lookup(hash, view.name(), || view.labels()) {
+                let hash = head.identity_hash(view.name(), with_tenant(view.labels(), tenant));
+                match head.lookup(hash, view.name(), || with_tenant(view.labels(), tenant)) {
                     Some(slot) => encode_samples(
                         &head,
                         slot,
                         &view,
+                        tenant,
                         &mut stats,
                         &mut series_out,
                         &mut samples_out,
@@ -327,12 +333,13 @@ impl Store {
                 }
                 missing.next();
                 let slot = head
-                    .get_or_create(hash, view.name(), || view.labels())
+                    .get_or_create(hash, view.name(), || with_tenant(view.labels(), tenant))
                     .map_err(|_| StoreError::TooManySeries)?;
                 encode_samples(
                     &head,
                     slot,
                     &view,
+                    tenant,
                     &mut stats,
                     &mut series_out,
                     &mut samples_out,
@@ -355,23 +362,40 @@ impl Store {
     /// sorted by series (metric name, then labels). Series without samples in range are left
     /// out.
     pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        self.select_tenant("", matchers, start_ms, end_ms)
+    }
+
+    /// [`Store::select`] within `tenant`'s namespace.
+    pub fn select_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
         self.read()
-            .select(matchers, start_ms, end_ms)
+            .select(&scoped(tenant, matchers), start_ms, end_ms)
             .into_iter()
-            .map(|(series, samples)| SeriesSamples { series, samples })
+            .map(|(series, samples)| SeriesSamples { series: without_tenant(series), samples })
             .collect()
     }
 
     /// Series matching all matchers that have at least one sample in `[start_ms, end_ms]`,
     /// sorted.
     pub fn series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
-        self.read().series(matchers, start_ms, end_ms)
+        self.series_tenant("", matchers, start_ms, end_ms)
+    }
+
+    /// [`Store::series`] within `tenant`'s namespace.
+    pub fn series_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
+        self.read().series(&scoped(tenant, matchers), start_ms, end_ms).into_iter().map(without_tenant).collect()
     }
 
     /// Sorted unique label names (including `__name__`) of the series matching (all series if
     /// `matchers` is empty) with samples in `[start_ms, end_ms]`.
     pub fn label_names(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
-        self.read().label_names(matchers, start_ms, end_ms)
+        self.label_names_tenant("", matchers, start_ms, end_ms)
+    }
+
+    /// [`Store::label_names`] within `tenant`'s namespace.
+    pub fn label_names_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
+        let mut names = self.read().label_names(&scoped(tenant, matchers), start_ms, end_ms);
+        names.retain(|n| n != TENANT_LABEL);
+        names
     }
 
     /// Sorted unique values of label `name` (`__name__` gives metric names) over the matching
@@ -383,7 +407,15 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<String> {
-        self.read().label_values(name, matchers, start_ms, end_ms)
+        self.label_values_tenant("", name, matchers, start_ms, end_ms)
+    }
+
+    /// [`Store::label_values`] within `tenant`'s namespace.
+    pub fn label_values_tenant(&self, tenant: &str, name: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
+        if name == TENANT_LABEL {
+            return Vec::new();
+        }
+        self.read().label_values(name, &scoped(tenant, matchers), start_ms, end_ms)
     }
 
     /// Counts for self-metrics.
@@ -456,6 +488,7 @@ fn encode_samples(
     head: &Head,
     slot: Slot,
     view: &SeriesView<'_>,
+    tenant: &str,
     stats: &mut AppendStats,
     series_out: &mut RecordWriter,
     samples_out: &mut RecordWriter,
@@ -470,7 +503,7 @@ fn encode_samples(
                 if !logged {
                     // Until a SERIES record is durable, every request carrying samples of
                     // the series carries one: requests may reach the WAL in any order.
-                    series_out.series(s.wal_ref, view.name(), view.labels())?;
+                    series_out.series(s.wal_ref, view.name(), with_tenant(view.labels(), tenant))?;
                     logged = true;
                 }
                 samples_out.sample(s.wal_ref, sample.timestamp_ms, sample.value)?;
@@ -481,6 +514,67 @@ fn encode_samples(
         }
     }
     Ok(())
+}
+
+/// The internal label holding a series' tenant. Clients cannot send it (names starting with
+/// `__` are reserved), queries never show it, and the default tenant ("") has none, so a
+/// single-node store without tenants is laid out exactly as before.
+pub const TENANT_LABEL: &str = "__tenant__";
+
+/// A batch series' labels with the tenant label merged in at its sorted place (no allocation:
+/// this runs for every series of every append).
+fn with_tenant<'a, I>(labels: I, tenant: &'a str) -> WithTenant<'a, I>
+where
+    I: ExactSizeIterator<Item = (&'a str, &'a str)>,
+{
+    WithTenant { inner: labels, extra: (!tenant.is_empty()).then_some((TENANT_LABEL, tenant)), pending: None }
+}
+
+struct WithTenant<'a, I> {
+    inner: I,
+    extra: Option<(&'a str, &'a str)>,
+    pending: Option<(&'a str, &'a str)>,
+}
+
+impl<'a, I: ExactSizeIterator<Item = (&'a str, &'a str)>> Iterator for WithTenant<'a, I> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(p) = self.pending.take() {
+            return Some(p);
+        }
+        match self.inner.next() {
+            Some(item) => match self.extra {
+                Some(e) if e.0 < item.0 => {
+                    self.extra = None;
+                    self.pending = Some(item);
+                    Some(e)
+                }
+                _ => Some(item),
+            },
+            None => self.extra.take(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.inner.len() + usize::from(self.extra.is_some()) + usize::from(self.pending.is_some());
+        (n, Some(n))
+    }
+}
+
+impl<'a, I: ExactSizeIterator<Item = (&'a str, &'a str)>> ExactSizeIterator for WithTenant<'a, I> {}
+
+/// The matchers plus the one that confines them to `tenant`.
+fn scoped(tenant: &str, matchers: &[Matcher]) -> Vec<Matcher> {
+    let mut m = Vec::with_capacity(matchers.len() + 1);
+    m.push(Matcher::equal(TENANT_LABEL, tenant));
+    m.extend(matchers.iter().cloned());
+    m
+}
+
+fn without_tenant(mut series: Series) -> Series {
+    series.labels.retain(|l| l.name != TENANT_LABEL);
+    series
 }
 
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
