@@ -30,6 +30,29 @@ pub struct Cli {
     #[arg(long, env = "SONDE_PROC_PATH", default_value = "/proc")]
     pub proc_path: PathBuf,
 
+    /// Where sysfs is mounted (temperatures: hwmon, thermal zones).
+    #[arg(long, env = "SONDE_SYS_PATH", default_value = "/sys")]
+    pub sys_path: PathBuf,
+
+    /// Host metric areas not to collect (repeatable, or comma-separated): cpu, stat, memory,
+    /// load, processes, pressure, disk, fs, net, sockstat, tcpstat, netstat, filefd, time,
+    /// hwmon, thermal. tcpstat (connection counts by state, which reads every socket) is off
+    /// unless --enable-collector tcpstat.
+    #[arg(
+        long = "disable-collector",
+        env = "SONDE_DISABLE_COLLECTORS",
+        value_delimiter = ','
+    )]
+    pub disable_collectors: Vec<String>,
+
+    /// Host metric areas to collect that are off by default (repeatable): tcpstat.
+    #[arg(
+        long = "enable-collector",
+        env = "SONDE_ENABLE_COLLECTORS",
+        value_delimiter = ','
+    )]
+    pub enable_collectors: Vec<String>,
+
     /// Most bytes of encoded batches kept in memory while collectors are unreachable; beyond it
     /// the oldest batch is dropped and counted (sonde_agent_dropped_samples_total{reason="buffer_full"}).
     #[arg(long, env = "SONDE_BUFFER_BYTES", default_value_t = 64 << 20)]

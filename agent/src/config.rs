@@ -3,6 +3,7 @@
 use crate::aggregate::AggregateConfig;
 use crate::cli::Cli;
 use crate::sources::host::HostConfig;
+use crate::sources::scrape::ScrapeConfig;
 use crate::sources::statsd::listener::StatsdConfig;
 use sonde_common::duration::parse_duration;
 use sonde_common::wire::Compression;
@@ -42,14 +43,6 @@ pub struct StatsdSettings {
     pub aggregate: AggregateConfig,
 }
 
-/// One local endpoint to scrape.
-#[derive(Clone, Debug)]
-pub struct ScrapeTarget {
-    pub url: hyper::Uri,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
 #[derive(Clone, Debug)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -69,7 +62,7 @@ pub struct Config {
     pub spool: Option<SpoolConfig>,
     /// `None` when no StatsD socket is configured.
     pub statsd: Option<StatsdSettings>,
-    pub scrapes: Vec<ScrapeTarget>,
+    pub scrapes: Vec<ScrapeConfig>,
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -183,13 +176,45 @@ impl TryFrom<Cli> for Config {
                         format!("'{u}': only http://host:port/path URLs are supported"),
                     ));
                 }
-                Ok(ScrapeTarget {
+                Ok(ScrapeConfig {
                     url,
                     interval: scrape_interval,
                     timeout: scrape_timeout,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut disabled: std::collections::BTreeSet<String> =
+            crate::sources::host::DEFAULT_DISABLED
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+        for (flag, names, disable) in [
+            ("enable-collector", &cli.enable_collectors, false),
+            ("disable-collector", &cli.disable_collectors, true),
+        ] {
+            for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                if !crate::sources::host::AREAS.contains(&name) {
+                    return Err(invalid(
+                        flag,
+                        format!(
+                            "unknown collector '{name}': one of {}",
+                            crate::sources::host::AREAS.join(", ")
+                        ),
+                    ));
+                }
+                if disable {
+                    disabled.insert(name.to_owned());
+                } else {
+                    disabled.remove(name);
+                }
+            }
+        }
+        let host = HostConfig {
+            proc_path: cli.proc_path.clone(),
+            sys_path: cli.sys_path.clone(),
+            hostname: cli.hostname.clone().filter(|h| !h.trim().is_empty()),
+            disabled,
+        };
         let http_listen = match cli.http_listen.trim() {
             "" => None,
             addr => Some(
@@ -199,10 +224,7 @@ impl TryFrom<Cli> for Config {
         };
         Ok(Config {
             interval,
-            host: HostConfig {
-                proc_path: cli.proc_path,
-                hostname: cli.hostname.filter(|h| !h.trim().is_empty()),
-            },
+            host,
             buffer_bytes: cli.buffer_bytes,
             push: PushConfig {
                 urls,
@@ -254,6 +276,37 @@ mod tests {
         assert_eq!(statsd.aggregate.idle_timeout, Duration::from_secs(300));
         assert_eq!(statsd.aggregate.buckets.len(), 11);
         assert!(c.spool.is_none() && c.scrapes.is_empty());
+    }
+
+    #[test]
+    fn collectors_switch_on_and_off() {
+        let c = parse(&[]).unwrap();
+        assert!(
+            c.host.disabled.contains("tcpstat"),
+            "tcpstat is off by default"
+        );
+        let c = parse(&[
+            "--disable-collector",
+            "disk,hwmon",
+            "--enable-collector",
+            "tcpstat",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.host
+                .disabled
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["disk", "hwmon"]
+        );
+        let err = parse(&["--disable-collector", "gpu"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--disable-collector: unknown collector 'gpu'"),
+            "{err}"
+        );
     }
 
     #[test]

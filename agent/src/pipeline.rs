@@ -30,6 +30,7 @@ use crate::http;
 use crate::push::Pusher;
 use crate::sources::Reading;
 use crate::sources::host::{HostError, HostSource};
+use crate::sources::scrape::Scraper;
 use crate::sources::statsd::listener::{self, ListenError, Listener};
 use crate::spool::Spool;
 
@@ -178,6 +179,16 @@ pub async fn run(
         ));
     }
 
+    for target in &config.scrapes {
+        let scraper = Scraper::new(target.clone(), hostname.clone());
+        tracker.spawn(scrape_loop(
+            scraper,
+            outbox.clone(),
+            events.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let mut flusher = Flusher {
         host: Arc::new(Mutex::new(host)),
         aggregator,
@@ -234,4 +245,41 @@ pub async fn run(
     }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Scrapes one local endpoint on its own interval until shutdown; failures are counted by
+/// reason and logged (at most once per minute per target), and never stop the loop.
+async fn scrape_loop(
+    scraper: Scraper,
+    outbox: Arc<Outbox>,
+    events: Arc<Events>,
+    shutdown: CancellationToken,
+) {
+    let interval = scraper.config().interval;
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + interval.mul_f64(fastrand::f64()),
+        interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let timestamp = sonde_common::model::now_ms();
+        match scraper.scrape().await {
+            Ok(readings) => {
+                let points: Vec<Point> = readings.into_iter().map(Point::from).collect();
+                outbox.submit("scrape", &points, timestamp);
+            }
+            Err(e) => {
+                events.scrape_errors.add(e.reason(), 1);
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(url = %scraper.config().url, reason = e.reason(), "cannot scrape {}: {e}", scraper.config().url);
+                    last_log = Some(Instant::now());
+                }
+            }
+        }
+    }
 }

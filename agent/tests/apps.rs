@@ -101,6 +101,14 @@ fn agent_metric(port: u16, line_prefix: &str) -> f64 {
     }
 }
 
+/// Waits until `q` has exactly `expected` as its latest value (packets reach different
+/// flushes), and returns it.
+fn eventually(port: u16, q: &str, expected: f64) -> f64 {
+    wait_until(Duration::from_secs(20), q, || {
+        latest(port, q).filter(|v| *v == expected)
+    })
+}
+
 fn latest(port: u16, q: &str) -> Option<f64> {
     let data = query(port, q, None);
     data["result"]
@@ -173,7 +181,8 @@ fn concurrent_senders_give_exact_totals() {
 
 #[test]
 fn mapping_histograms_sets_gauges_and_bad_lines() {
-    let s = setup(&["--statsd-max-series", "6"]);
+    // One reading thread: packets are recorded in the order sent, so which series hits the limit is known.
+    let s = setup(&["--statsd-max-series", "6", "--statsd-threads", "1"]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let send = |p: &str| {
         sock.send_to(p.as_bytes(), ("127.0.0.1", s.statsd_port))
@@ -191,34 +200,26 @@ fn mapping_histograms_sets_gauges_and_bad_lines() {
     wait_until(Duration::from_secs(20), "histogram stored", || {
         latest(cp, &format!("api_latency_seconds_count{{host=\"{h}\"}}")).filter(|v| *v == 3.0)
     });
-    assert_eq!(
-        latest(cp, &format!("api_latency_seconds_sum{{host=\"{h}\"}}")),
-        Some(0.25 + 2.0 * 1.5)
+    eventually(
+        cp,
+        &format!("api_latency_seconds_sum{{host=\"{h}\"}}"),
+        0.25 + 2.0 * 1.5,
     );
-    assert_eq!(
-        latest(
-            cp,
-            &format!("api_latency_seconds_bucket{{host=\"{h}\",le=\"0.25\"}}")
-        ),
-        Some(1.0)
+    eventually(
+        cp,
+        &format!("api_latency_seconds_bucket{{host=\"{h}\",le=\"0.25\"}}"),
+        1.0,
     );
-    assert_eq!(
-        latest(
-            cp,
-            &format!("api_latency_seconds_bucket{{host=\"{h}\",le=\"+Inf\"}}")
-        ),
-        Some(3.0)
+    eventually(
+        cp,
+        &format!("api_latency_seconds_bucket{{host=\"{h}\",le=\"+Inf\"}}"),
+        3.0,
     );
-    assert_eq!(
-        latest(cp, &format!("queue_depth{{host=\"{h}\"}}")),
-        Some(15.0)
-    );
-    assert_eq!(
-        latest(
-            cp,
-            &format!("page_views_total{{env=\"prod\",host=\"{h}\",region=\"eu\"}}")
-        ),
-        Some(3.0)
+    eventually(cp, &format!("queue_depth{{host=\"{h}\"}}"), 15.0);
+    eventually(
+        cp,
+        &format!("page_views_total{{env=\"prod\",host=\"{h}\",region=\"eu\"}}"),
+        3.0,
     );
     // A set's distinct count is reported for the interval it was seen in.
     let set = query(cp, &format!("users_online{{host=\"{h}\"}}[1m]"), None);
@@ -286,7 +287,7 @@ fn pushed_prometheus_text_is_forwarded_and_bad_text_refused() {
         )
         .filter(|v| *v == 42.0)
     });
-    assert_eq!(latest(cp, &format!("temp{{host=\"{h}\"}}")), Some(21.5));
+    eventually(cp, &format!("temp{{host=\"{h}\"}}"), 21.5);
     let (status, body) = support::http_request(
         s.agent_port,
         "POST",
@@ -317,6 +318,46 @@ fn unix_datagram_socket_intake() {
         sock.send_to(b"uds.hits:1|c", &path).unwrap();
     }
     let (cp, h) = (s.collector_port, &s.host);
-    let got = wait_until(Duration::from_secs(20), "counted", || latest(cp, &format!("uds_hits_total{{host=\"{h}\"}}")).filter(|v| *v == 100.0));
+    let got = wait_until(Duration::from_secs(20), "counted", || {
+        latest(cp, &format!("uds_hits_total{{host=\"{h}\"}}")).filter(|v| *v == 100.0)
+    });
     assert_eq!(got, 100.0);
+}
+
+/// Serves `body` as a Prometheus text endpoint on 127.0.0.1 until the test ends.
+fn metrics_endpoint(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1000) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn local_endpoints_are_scraped() {
+    let port = metrics_endpoint(
+        "# TYPE app_jobs_total counter\napp_jobs_total{queue=\"a\",instance=\"x\"} 7\n# TYPE app_up gauge\napp_up 1\n",
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let s = setup(&["--scrape", &url, "--scrape-interval", "300ms"]);
+    let (cp, h) = (s.collector_port, &s.host);
+    let q = format!(
+        "app_jobs_total{{exported_instance=\"x\",host=\"{h}\",instance=\"127.0.0.1:{port}\",job=\"scrape\",queue=\"a\"}}"
+    );
+    let got = wait_until(Duration::from_secs(20), "scraped counter stored", || {
+        latest(cp, &q)
+    });
+    assert_eq!(got, 7.0);
+    eventually(cp, &format!("app_up{{host=\"{h}\",job=\"scrape\"}}"), 1.0);
 }

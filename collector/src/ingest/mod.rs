@@ -2,6 +2,7 @@
 //! encoding, reads the body within the size limit, decodes the envelope and validates the
 //! batch, then hands it to [`crate::route`]. A request is accepted whole or rejected whole.
 
+pub mod auth;
 pub mod decode;
 pub mod validate;
 

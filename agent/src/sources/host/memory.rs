@@ -2,26 +2,38 @@
 //! as exact integers (the kernel's "kB" is KiB, so bytes = value * 1024; an `f64` holds every
 //! integer up to 8 PiB exactly). A field the kernel does not print (MemAvailable before 3.14) is
 //! left out rather than estimated; only MemTotal is required.
+//!
+//! Plus one figure of Sonde's own, which node_exporter does not have: `host_memory_used_bytes`
+//! = MemTotal - MemAvailable, the memory that cannot be handed to a new workload without
+//! swapping (what `free` and most dashboards call "used"; the `host_` prefix marks it as not
+//! node_exporter's). Left out when MemAvailable is.
 
 use sonde_common::model::MetricKind;
 
 use super::{ParseError, reading};
 use crate::sources::Reading;
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 13] = [
     "MemTotal",
     "MemFree",
     "MemAvailable",
     "Buffers",
     "Cached",
+    "SwapCached",
+    "Active",
+    "Inactive",
     "SwapTotal",
     "SwapFree",
+    "Dirty",
+    "Shmem",
+    "Slab",
 ];
 
 /// Parses `/proc/meminfo`; lines for other fields are not looked at.
 pub fn parse(text: &str, host: &str) -> Result<Vec<Reading>, ParseError> {
-    let mut out = Vec::with_capacity(FIELDS.len());
-    let mut saw_total = false;
+    let mut out = Vec::with_capacity(FIELDS.len() + 1);
+    let (mut total, mut available) = (None, None);
+    let mut name = String::new();
     for (index, line) in text.lines().enumerate() {
         let Some((key, rest)) = line.split_once(':') else {
             continue;
@@ -30,12 +42,27 @@ pub fn parse(text: &str, host: &str) -> Result<Vec<Reading>, ParseError> {
             continue;
         }
         let bytes = parse_bytes(rest, index + 1)?;
-        saw_total |= key == "MemTotal";
-        let name = format!("node_memory_{key}_bytes");
+        match key {
+            "MemTotal" => total = Some(bytes),
+            "MemAvailable" => available = Some(bytes),
+            _ => {}
+        }
+        name.clear();
+        name.push_str("node_memory_");
+        name.push_str(key);
+        name.push_str("_bytes");
         out.push(reading(&name, MetricKind::Gauge, bytes as f64, host, &[]));
     }
-    if !saw_total {
-        return Err(ParseError::MissingLine("MemTotal"));
+    let total = total.ok_or(ParseError::MissingLine("MemTotal"))?;
+    if let Some(available) = available {
+        let used = total.saturating_sub(available) as f64;
+        out.push(reading(
+            "host_memory_used_bytes",
+            MetricKind::Gauge,
+            used,
+            host,
+            &[],
+        ));
     }
     Ok(out)
 }
@@ -78,6 +105,9 @@ Active(anon):       1520 kB
 SwapTotal:       2097148 kB
 SwapFree:        2097148 kB
 Dirty:               224 kB
+Shmem:              2096 kB
+Slab:             113956 kB
+SReclaimable:      58324 kB
 HugePages_Total:       0
 Hugepagesize:       2048 kB
 ";
@@ -97,8 +127,15 @@ Hugepagesize:       2048 kB
                 ("node_memory_MemAvailable_bytes", 24_928_731_136.0),
                 ("node_memory_Buffers_bytes", 8_069_120.0),
                 ("node_memory_Cached_bytes", 1_202_950_144.0),
+                ("node_memory_SwapCached_bytes", 0.0),
+                ("node_memory_Active_bytes", 504_647_680.0),
+                ("node_memory_Inactive_bytes", 702_803_968.0),
                 ("node_memory_SwapTotal_bytes", 2_147_479_552.0),
                 ("node_memory_SwapFree_bytes", 2_147_479_552.0),
+                ("node_memory_Dirty_bytes", 229_376.0),
+                ("node_memory_Shmem_bytes", 2_146_304.0),
+                ("node_memory_Slab_bytes", 116_690_944.0),
+                ("host_memory_used_bytes", 347_332_608.0),
             ]
         );
         assert!(out.iter().all(|r| r.kind == MetricKind::Gauge));
@@ -109,8 +146,24 @@ Hugepagesize:       2048 kB
     fn a_missing_optional_field_is_left_out() {
         let old_kernel = "MemTotal: 1024 kB\nMemFree: 512 kB\n";
         let out = parse(old_kernel, "h").unwrap();
-        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out.len(),
+            2,
+            "no MemAvailable, so no host_memory_used_bytes"
+        );
         assert_eq!(out[0].value, 1_048_576.0);
+    }
+
+    #[test]
+    fn used_is_total_minus_available_and_never_negative() {
+        let text = "MemTotal: 1024 kB\nMemAvailable: 256 kB\n";
+        let out = parse(text, "h").unwrap();
+        assert_eq!(out[2].series.name, "host_memory_used_bytes");
+        assert_eq!(out[2].value, 768.0 * 1024.0);
+        // Not seen on real kernels, but an odd snapshot must not turn into a huge number.
+        let odd = "MemAvailable: 2048 kB\nMemTotal: 1024 kB\n";
+        let out = parse(odd, "h").unwrap();
+        assert_eq!(out[2].value, 0.0);
     }
 
     #[test]
