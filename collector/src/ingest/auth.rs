@@ -60,7 +60,10 @@ pub struct Principal {
 impl Principal {
     /// The default tenant with every scope (no token file).
     pub fn anonymous() -> Self {
-        Principal { tenant: String::new(), scopes: 7 }
+        Principal {
+            tenant: String::new(),
+            scopes: 7,
+        }
     }
 
     pub fn has(&self, scope: Scope) -> bool {
@@ -91,9 +94,16 @@ impl Denied {
 #[derive(Debug, Error)]
 pub enum TokenFileError {
     #[error("cannot read token file {}: {cause}", path.display())]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("token file {}, line {line}: {reason}", path.display())]
-    Syntax { path: PathBuf, line: usize, reason: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 struct Entry {
@@ -115,7 +125,11 @@ pub struct Auth {
 const MIN_TOKEN_LEN: usize = 16;
 
 fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, TokenFileError> {
-    let err = |line: usize, reason: String| TokenFileError::Syntax { path: path.to_owned(), line, reason };
+    let err = |line: usize, reason: String| TokenFileError::Syntax {
+        path: path.to_owned(),
+        line,
+        reason,
+    };
     let mut entries: Vec<Entry> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -124,13 +138,31 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, TokenFileError> {
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [token, tenant, scopes] = fields[..] else {
-            return Err(err(i + 1, format!("expected 'TOKEN TENANT SCOPES', found {} fields", fields.len())));
+            return Err(err(
+                i + 1,
+                format!(
+                    "expected 'TOKEN TENANT SCOPES', found {} fields",
+                    fields.len()
+                ),
+            ));
         };
         if token.len() < MIN_TOKEN_LEN {
-            return Err(err(i + 1, format!("token is {} characters; use at least {MIN_TOKEN_LEN}", token.len())));
+            return Err(err(
+                i + 1,
+                format!(
+                    "token is {} characters; use at least {MIN_TOKEN_LEN}",
+                    token.len()
+                ),
+            ));
         }
-        if !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(err(i + 1, format!("tenant '{tenant}' may contain only letters, digits, '-', '_' and '.'")));
+        if !tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(err(
+                i + 1,
+                format!("tenant '{tenant}' may contain only letters, digits, '-', '_' and '.'"),
+            ));
         }
         let mut bits = 0u8;
         for s in scopes.split(',') {
@@ -138,13 +170,24 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, TokenFileError> {
                 "write" => Scope::Write.bit(),
                 "read" => Scope::Read.bit(),
                 "admin" => Scope::Admin.bit(),
-                other => return Err(err(i + 1, format!("unknown scope '{other}': use write, read, admin"))),
+                other => {
+                    return Err(err(
+                        i + 1,
+                        format!("unknown scope '{other}': use write, read, admin"),
+                    ));
+                }
             };
         }
         if entries.iter().any(|e| e.token == token.as_bytes()) {
             return Err(err(i + 1, "the same token appears twice".into()));
         }
-        entries.push(Entry { token: token.as_bytes().to_vec(), principal: Principal { tenant: tenant.to_owned(), scopes: bits } });
+        entries.push(Entry {
+            token: token.as_bytes().to_vec(),
+            principal: Principal {
+                tenant: tenant.to_owned(),
+                scopes: bits,
+            },
+        });
     }
     Ok(entries)
 }
@@ -164,13 +207,28 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 impl Auth {
     /// No token file: every request is the anonymous principal.
     pub fn disabled() -> Auth {
-        Auth { path: None, loaded: RwLock::new(Loaded { entries: Vec::new(), modified: None }) }
+        Auth {
+            path: None,
+            loaded: RwLock::new(Loaded {
+                entries: Vec::new(),
+                modified: None,
+            }),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Auth, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Read { path: path.to_owned(), cause })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
         let entries = parse(path, &text)?;
-        Ok(Auth { path: Some(path.to_owned()), loaded: RwLock::new(Loaded { entries, modified: modified(path) }) })
+        Ok(Auth {
+            path: Some(path.to_owned()),
+            loaded: RwLock::new(Loaded {
+                entries,
+                modified: modified(path),
+            }),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -179,14 +237,29 @@ impl Auth {
 
     /// Re-reads the file if it changed (or if `force`). Ok(true) when new tokens took effect.
     pub fn reload(&self, force: bool) -> Result<bool, TokenFileError> {
-        let Some(path) = &self.path else { return Ok(false) };
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
         let now = modified(path);
-        if !force && now == self.loaded.read().unwrap_or_else(|e| e.into_inner()).modified {
+        if !force
+            && now
+                == self
+                    .loaded
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .modified
+        {
             return Ok(false);
         }
-        let text = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Read { path: path.to_owned(), cause })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
         let entries = parse(path, &text)?;
-        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded { entries, modified: now };
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
+            entries,
+            modified: now,
+        };
         Ok(true)
     }
 
@@ -238,26 +311,62 @@ mod tests {
     #[test]
     fn tokens_carry_tenant_and_scopes() {
         let (_d, a) = auth(FILE);
-        let p = a.check(Some(&bearer("write-token-0123456789")), Scope::Write).unwrap();
+        let p = a
+            .check(Some(&bearer("write-token-0123456789")), Scope::Write)
+            .unwrap();
         assert_eq!(p.tenant, "acme");
-        assert_eq!(a.check(Some(&bearer("write-token-0123456789")), Scope::Read), Err(Denied::Forbidden(Scope::Read)));
-        assert_eq!(a.check(Some(&bearer("read-token-0123456789")), Scope::Read).unwrap().tenant, "acme");
-        assert_eq!(a.check(Some(&bearer("ops-token-0123456789abc")), Scope::Admin).unwrap().tenant, "globex");
-        assert_eq!(a.check(Some(&bearer("nope-nope-nope-nope")), Scope::Read), Err(Denied::Invalid));
-        assert_eq!(a.check(Some(&bearer("write-token-012345678")), Scope::Write), Err(Denied::Invalid), "a prefix is not a match");
+        assert_eq!(
+            a.check(Some(&bearer("write-token-0123456789")), Scope::Read),
+            Err(Denied::Forbidden(Scope::Read))
+        );
+        assert_eq!(
+            a.check(Some(&bearer("read-token-0123456789")), Scope::Read)
+                .unwrap()
+                .tenant,
+            "acme"
+        );
+        assert_eq!(
+            a.check(Some(&bearer("ops-token-0123456789abc")), Scope::Admin)
+                .unwrap()
+                .tenant,
+            "globex"
+        );
+        assert_eq!(
+            a.check(Some(&bearer("nope-nope-nope-nope")), Scope::Read),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            a.check(Some(&bearer("write-token-012345678")), Scope::Write),
+            Err(Denied::Invalid),
+            "a prefix is not a match"
+        );
         assert_eq!(a.check(None, Scope::Read), Err(Denied::Missing));
-        assert_eq!(a.check(Some(&HeaderValue::from_static("Basic abc")), Scope::Read), Err(Denied::Missing));
-        assert!(Auth::disabled().check(None, Scope::Admin).unwrap().has(Scope::Admin));
+        assert_eq!(
+            a.check(Some(&HeaderValue::from_static("Basic abc")), Scope::Read),
+            Err(Denied::Missing)
+        );
+        assert!(
+            Auth::disabled()
+                .check(None, Scope::Admin)
+                .unwrap()
+                .has(Scope::Admin)
+        );
     }
 
     #[test]
     fn broken_files_name_the_line_and_keep_the_old_tokens() {
         for (text, needle) in [
             ("short acme write\n", "at least 16"),
-            ("a-long-enough-token-1 acme\n", "expected 'TOKEN TENANT SCOPES'"),
+            (
+                "a-long-enough-token-1 acme\n",
+                "expected 'TOKEN TENANT SCOPES'",
+            ),
             ("a-long-enough-token-1 acme fly\n", "unknown scope 'fly'"),
             ("a-long-enough-token-1 ac/me read\n", "tenant 'ac/me'"),
-            ("a-long-enough-token-1 a read\na-long-enough-token-1 b read\n", "line 2: the same token"),
+            (
+                "a-long-enough-token-1 a read\na-long-enough-token-1 b read\n",
+                "line 2: the same token",
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("t");
@@ -268,10 +377,26 @@ mod tests {
         let (dir, a) = auth(FILE);
         std::fs::write(dir.path().join("tokens"), "garbage\n").unwrap();
         assert!(a.reload(true).is_err());
-        assert!(a.check(Some(&bearer("read-token-0123456789")), Scope::Read).is_ok(), "old tokens stay");
-        std::fs::write(dir.path().join("tokens"), "fresh-token-0123456789 neu read\n").unwrap();
+        assert!(
+            a.check(Some(&bearer("read-token-0123456789")), Scope::Read)
+                .is_ok(),
+            "old tokens stay"
+        );
+        std::fs::write(
+            dir.path().join("tokens"),
+            "fresh-token-0123456789 neu read\n",
+        )
+        .unwrap();
         assert!(a.reload(true).unwrap());
-        assert_eq!(a.check(Some(&bearer("read-token-0123456789")), Scope::Read), Err(Denied::Invalid));
-        assert_eq!(a.check(Some(&bearer("fresh-token-0123456789")), Scope::Read).unwrap().tenant, "neu");
+        assert_eq!(
+            a.check(Some(&bearer("read-token-0123456789")), Scope::Read),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            a.check(Some(&bearer("fresh-token-0123456789")), Scope::Read)
+                .unwrap()
+                .tenant,
+            "neu"
+        );
     }
 }

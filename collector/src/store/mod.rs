@@ -273,7 +273,11 @@ impl Store {
     }
 
     /// [`Store::append`] into `tenant`'s namespace ("" is the default tenant).
-    pub async fn append_tenant(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, StoreError> {
+    pub async fn append_tenant(
+        &self,
+        tenant: &str,
+        batch: &Batch,
+    ) -> Result<AppendStats, StoreError> {
         let tx = self
             .inner
             .tx
@@ -366,11 +370,20 @@ impl Store {
     }
 
     /// [`Store::select`] within `tenant`'s namespace.
-    pub fn select_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+    pub fn select_tenant(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<SeriesSamples> {
         self.read()
             .select(&scoped(tenant, matchers), start_ms, end_ms)
             .into_iter()
-            .map(|(series, samples)| SeriesSamples { series: without_tenant(series), samples })
+            .map(|(series, samples)| SeriesSamples {
+                series: without_tenant(series),
+                samples,
+            })
             .collect()
     }
 
@@ -381,8 +394,18 @@ impl Store {
     }
 
     /// [`Store::series`] within `tenant`'s namespace.
-    pub fn series_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
-        self.read().series(&scoped(tenant, matchers), start_ms, end_ms).into_iter().map(without_tenant).collect()
+    pub fn series_tenant(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<Series> {
+        self.read()
+            .series(&scoped(tenant, matchers), start_ms, end_ms)
+            .into_iter()
+            .map(without_tenant)
+            .collect()
     }
 
     /// Sorted unique label names (including `__name__`) of the series matching (all series if
@@ -392,8 +415,16 @@ impl Store {
     }
 
     /// [`Store::label_names`] within `tenant`'s namespace.
-    pub fn label_names_tenant(&self, tenant: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
-        let mut names = self.read().label_names(&scoped(tenant, matchers), start_ms, end_ms);
+    pub fn label_names_tenant(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<String> {
+        let mut names = self
+            .read()
+            .label_names(&scoped(tenant, matchers), start_ms, end_ms);
         names.retain(|n| n != TENANT_LABEL);
         names
     }
@@ -411,11 +442,19 @@ impl Store {
     }
 
     /// [`Store::label_values`] within `tenant`'s namespace.
-    pub fn label_values_tenant(&self, tenant: &str, name: &str, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
+    pub fn label_values_tenant(
+        &self,
+        tenant: &str,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<String> {
         if name == TENANT_LABEL {
             return Vec::new();
         }
-        self.read().label_values(name, &scoped(tenant, matchers), start_ms, end_ms)
+        self.read()
+            .label_values(name, &scoped(tenant, matchers), start_ms, end_ms)
     }
 
     /// Counts for self-metrics.
@@ -503,7 +542,11 @@ fn encode_samples(
                 if !logged {
                     // Until a SERIES record is durable, every request carrying samples of
                     // the series carries one: requests may reach the WAL in any order.
-                    series_out.series(s.wal_ref, view.name(), with_tenant(view.labels(), tenant))?;
+                    series_out.series(
+                        s.wal_ref,
+                        view.name(),
+                        with_tenant(view.labels(), tenant),
+                    )?;
                     logged = true;
                 }
                 samples_out.sample(s.wal_ref, sample.timestamp_ms, sample.value)?;
@@ -527,7 +570,11 @@ fn with_tenant<'a, I>(labels: I, tenant: &'a str) -> WithTenant<'a, I>
 where
     I: ExactSizeIterator<Item = (&'a str, &'a str)>,
 {
-    WithTenant { inner: labels, extra: (!tenant.is_empty()).then_some((TENANT_LABEL, tenant)), pending: None }
+    WithTenant {
+        inner: labels,
+        extra: (!tenant.is_empty()).then_some((TENANT_LABEL, tenant)),
+        pending: None,
+    }
 }
 
 struct WithTenant<'a, I> {
@@ -557,7 +604,9 @@ impl<'a, I: ExactSizeIterator<Item = (&'a str, &'a str)>> Iterator for WithTenan
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.inner.len() + usize::from(self.extra.is_some()) + usize::from(self.pending.is_some());
+        let n = self.inner.len()
+            + usize::from(self.extra.is_some())
+            + usize::from(self.pending.is_some());
         (n, Some(n))
     }
 }

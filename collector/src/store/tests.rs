@@ -665,8 +665,17 @@ async fn tenants_are_namespaces() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
     let batch = |v: f64| {
-        let mut b = BatchBuilder::new(BatchHeader { agent_id: "a".into(), sequence: 1, sent_at_ms: 1 });
-        b.push(&Series::new("up", [("Zone", "z"), ("job", "j")]), MetricKind::Gauge, None, vec![Sample::new(1000, v)]);
+        let mut b = BatchBuilder::new(BatchHeader {
+            agent_id: "a".into(),
+            sequence: 1,
+            sent_at_ms: 1,
+        });
+        b.push(
+            &Series::new("up", [("Zone", "z"), ("job", "j")]),
+            MetricKind::Gauge,
+            None,
+            vec![Sample::new(1000, v)],
+        );
         b.build()
     };
     store.append_tenant("acme", &batch(1.0)).await.unwrap();
@@ -677,15 +686,29 @@ async fn tenants_are_namespaces() {
         let got = store.select_tenant(tenant, &all, 0, 2000);
         assert_eq!(got.len(), 1, "{tenant}");
         assert_eq!(got[0].samples[0].value, value, "{tenant}");
-        assert_eq!(got[0].series, Series::new("up", [("Zone", "z"), ("job", "j")]), "the tenant label is never shown");
+        assert_eq!(
+            got[0].series,
+            Series::new("up", [("Zone", "z"), ("job", "j")]),
+            "the tenant label is never shown"
+        );
         assert_eq!(store.series_tenant(tenant, &all, 0, 2000).len(), 1);
-        assert_eq!(store.label_names_tenant(tenant, &[], 0, 2000), ["Zone", "__name__", "job"]);
-        assert!(store.label_values_tenant(tenant, TENANT_LABEL, &[], 0, 2000).is_empty());
+        assert_eq!(
+            store.label_names_tenant(tenant, &[], 0, 2000),
+            ["Zone", "__name__", "job"]
+        );
+        assert!(
+            store
+                .label_values_tenant(tenant, TENANT_LABEL, &[], 0, 2000)
+                .is_empty()
+        );
     }
     assert!(store.select_tenant("initech", &all, 0, 2000).is_empty());
     // Tenants survive a restart.
     store.close();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-    assert_eq!(store.select_tenant("globex", &all, 0, 2000)[0].samples[0].value, 2.0);
+    assert_eq!(
+        store.select_tenant("globex", &all, 0, 2000)[0].samples[0].value,
+        2.0
+    );
     assert_eq!(store.select(&all, 0, 2000)[0].samples[0].value, 3.0);
 }
