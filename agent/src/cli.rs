@@ -18,6 +18,11 @@ pub struct Cli {
     )]
     pub collectors: Vec<String>,
 
+    /// File holding the bearer token sent to the collectors (their --token-file gives it a
+    /// tenant and the write scope). Read once at start.
+    #[arg(long, env = "SONDE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// How often host metrics are collected and a batch is pushed (e.g. 10s, 1s).
     #[arg(long, env = "SONDE_INTERVAL", default_value = "10s")]
     pub interval: String,

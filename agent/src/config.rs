@@ -34,6 +34,8 @@ pub struct PushConfig {
     pub backoff: Duration,
     pub max_backoff: Duration,
     pub compression: Compression,
+    /// Bearer token for the collectors.
+    pub token: Option<String>,
 }
 
 /// What the StatsD source needs.
@@ -215,6 +217,22 @@ impl TryFrom<Cli> for Config {
             hostname: cli.hostname.clone().filter(|h| !h.trim().is_empty()),
             disabled,
         };
+        let token = match &cli.token_file {
+            Some(path) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("token-file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let t = t.trim().to_owned();
+                if t.is_empty() || t.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "token-file",
+                        format!("{} must hold one token and nothing else", path.display()),
+                    ));
+                }
+                Some(t)
+            }
+            None => None,
+        };
         let http_listen = match cli.http_listen.trim() {
             "" => None,
             addr => Some(
@@ -235,6 +253,7 @@ impl TryFrom<Cli> for Config {
                     .compression
                     .parse()
                     .map_err(|e: String| invalid("compression", e))?,
+                token,
             },
             shutdown_timeout: duration("shutdown-timeout", &cli.shutdown_timeout)?,
             http_listen,

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -64,8 +64,12 @@ impl Pusher {
         let req = Request::post(url.clone())
             .header(CONTENT_TYPE, sonde_common::wire::CONTENT_TYPE)
             .header(CONTENT_ENCODING, self.cfg.compression.http_encoding())
-            .header(USER_AGENT, &self.user_agent)
-            .body(Full::new(batch.bytes.clone()));
+            .header(USER_AGENT, &self.user_agent);
+        let req = match &self.cfg.token {
+            Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+            None => req,
+        };
+        let req = req.body(Full::new(batch.bytes.clone()));
         let req = match req {
             Ok(r) => r,
             Err(e) => {

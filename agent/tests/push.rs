@@ -76,6 +76,7 @@ fn config(urls: &[&str]) -> PushConfig {
         backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
         compression: Compression::Zstd,
+        token: None,
     }
 }
 

@@ -19,6 +19,12 @@ pub struct Cli {
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
 
+    /// Bearer tokens, one per line: `TOKEN TENANT SCOPES` (scopes: write, read, admin,
+    /// comma-separated). Every endpoint but /healthz and /readyz then needs a token with the
+    /// right scope, and each tenant sees only its own data. Re-read on change and on SIGHUP.
+    #[arg(long, env = "SONDE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address without authentication. Anyone who can reach
     /// the address can then write and read every series.
     #[arg(long, env = "SONDE_INSECURE_NO_AUTH")]

@@ -14,7 +14,7 @@ pub enum ConfigError {
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
     #[error(
-        "refusing to listen on {0} without authentication: use a loopback address, or pass --insecure-no-auth to accept unauthenticated traffic from the network"
+        "refusing to listen on {0} without authentication: give --token-file, use a loopback address, or pass --insecure-no-auth to accept unauthenticated traffic from the network"
     )]
     UnauthenticatedNonLoopback(SocketAddr),
 }
@@ -38,6 +38,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub insecure_no_auth: bool,
+    pub token_file: Option<PathBuf>,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
@@ -61,7 +62,7 @@ impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, Self::Error> {
-        if !cli.listen.ip().is_loopback() && !cli.insecure_no_auth {
+        if !cli.listen.ip().is_loopback() && !cli.insecure_no_auth && cli.token_file.is_none() {
             return Err(ConfigError::UnauthenticatedNonLoopback(cli.listen));
         }
         let ingest = IngestConfig {
@@ -89,6 +90,7 @@ impl TryFrom<Cli> for Config {
             listen: cli.listen,
             data_dir: cli.data_dir,
             insecure_no_auth: cli.insecure_no_auth,
+            token_file: cli.token_file,
             drain_timeout: duration("drain-timeout", &cli.drain_timeout)?,
             ingest,
             query: QueryConfig {

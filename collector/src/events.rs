@@ -21,6 +21,8 @@ pub struct Events {
     pub samples_dropped: LabeledCounter,
     pub push_duration: Histogram,
     pub queries: LabeledCounter,
+    pub requests_denied: LabeledCounter,
+    pub token_reloads: LabeledCounter,
     last_log_ms: AtomicU64,
 }
 
@@ -36,6 +38,8 @@ impl Default for Events {
             samples_dropped: LabeledCounter::new("reason"),
             push_duration: Histogram::new(LATENCY_BUCKETS),
             queries: LabeledCounter::new("endpoint"),
+            requests_denied: LabeledCounter::new("reason"),
+            token_reloads: LabeledCounter::new("result"),
             last_log_ms: AtomicU64::new(0),
         }
     }
@@ -87,6 +91,14 @@ impl Events {
         self.samples_rejected.add(reason, samples as u64);
         if self.should_log() {
             tracing::warn!(reason, samples, peer, "rejected batch: {cause}");
+        }
+    }
+
+    /// A request refused by access control.
+    pub fn request_denied(&self, reason: &'static str, path: &str, peer: &str) {
+        self.requests_denied.add(reason, 1);
+        if self.should_log() {
+            tracing::warn!(reason, path, peer, "refused request");
         }
     }
 
@@ -146,6 +158,16 @@ impl Events {
             "sonde_collector_store_wal_bytes",
             "Bytes in the embedded store's write-ahead log.",
             store.wal_bytes as f64,
+        );
+        e.labeled_counter(
+            "sonde_collector_requests_denied_total",
+            "Requests refused by access control, by reason.",
+            &self.requests_denied,
+        );
+        e.labeled_counter(
+            "sonde_collector_token_reloads_total",
+            "Token file reloads, by result (ok, error).",
+            &self.token_reloads,
         );
         for (name, help, value) in [
             (

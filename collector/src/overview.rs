@@ -4,8 +4,8 @@
 use sonde_common::telemetry::format_value;
 use std::fmt::Write as _;
 
-use crate::query::eval::{Selector, eval_vector};
-use crate::store::{Matcher, Store};
+use crate::query::eval::{Reader, Selector, eval_vector};
+use crate::store::Matcher;
 
 /// Most series listed; the page says when there are more.
 const MAX_ROWS: usize = 2000;
@@ -17,14 +17,14 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render(store: &Store, now_ms: i64, lookback_ms: i64) -> String {
+pub fn render(store: &Reader<'_>, now_ms: i64, lookback_ms: i64) -> String {
     let selector = Selector {
         matchers: vec![Matcher::regex("__name__", ".+").expect("static regex is valid")],
         offset_ms: 0,
         at: None,
     };
     let result = eval_vector(store, &selector, &[now_ms], now_ms, now_ms, lookback_ms);
-    let stats = store.stats();
+    let stats = store.store.stats();
     let mut html = String::with_capacity(64 * 1024);
     html.push_str(concat!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">",

@@ -16,8 +16,9 @@ impl Router {
         Self { store }
     }
 
-    /// Returns once the batch is durable in every sink (for the store: fsynced in its WAL).
-    pub async fn route(&self, batch: &Batch) -> Result<AppendStats, StoreError> {
-        self.store.append(batch).await
+    /// Returns once the batch is durable in every sink (for the store: fsynced in its WAL), in
+    /// `tenant`'s namespace.
+    pub async fn route(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, StoreError> {
+        self.store.append_tenant(tenant, batch).await
     }
 }

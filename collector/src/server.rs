@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::Events;
+use crate::ingest::auth::{Auth, Denied, Principal, Scope};
 use crate::ingest::{self, IngestError};
 use crate::query;
+use crate::query::eval::Reader;
 use crate::route::Router;
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -34,6 +36,7 @@ pub type Body = Full<Bytes>;
 /// Everything a request handler can reach.
 pub struct AppState {
     pub config: Config,
+    pub auth: Auth,
     pub store: Store,
     pub router: Router,
     pub events: Events,
@@ -47,6 +50,8 @@ pub enum RunError {
         dir: std::path::PathBuf,
         source: StoreError,
     },
+    #[error(transparent)]
+    Tokens(#[from] crate::ingest::auth::TokenFileError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -64,7 +69,15 @@ pub async fn run(
     })
     .await?
     .map_err(|source| RunError::OpenStore { dir, source })?;
+    let auth = match &config.token_file {
+        Some(path) => Auth::load(path)?,
+        None => Auth::disabled(),
+    };
+    if config.insecure_no_auth && !auth.enabled() {
+        tracing::warn!(listen = %config.listen, "running WITHOUT authentication (--insecure-no-auth): anyone who reaches this address can write and read every series");
+    }
     let state = Arc::new(AppState {
+        auth,
         router: Router::new(store.clone()),
         store,
         events: Events::default(),
@@ -74,6 +87,9 @@ pub async fn run(
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, data_dir = %state.config.data_dir.display(), "collector ready");
 
+    if state.auth.enabled() {
+        tokio::spawn(reload_tokens(state.clone(), shutdown.clone()));
+    }
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -120,10 +136,49 @@ pub async fn run(
     Ok(())
 }
 
+/// The scope a request needs; `None` for the probes, which are always open.
+fn required_scope(method: &Method, path: &str) -> Option<Scope> {
+    match (method, path) {
+        (_, "/healthz" | "/readyz") => None,
+        (&Method::POST, "/api/v1/push") => Some(Scope::Write),
+        _ => Some(Scope::Read),
+    }
+}
+
+/// 401 (with a Bearer challenge) or 403, in the shape the endpoint speaks.
+fn denied(state: &AppState, path: &str, peer: SocketAddr, d: Denied) -> Response<Body> {
+    let status = match d {
+        Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    state
+        .events
+        .request_denied(d.reason(), path, &peer.to_string());
+    let mut resp = if path.starts_with("/api/v1/") && path != "/api/v1/push" {
+        query::error_response(status, d.reason(), &d.to_string())
+    } else {
+        text(status, format!("{d}\n"))
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sonde\""),
+        );
+    }
+    resp
+}
+
 async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    let principal = match required_scope(req.method(), &path) {
+        None => Principal::anonymous(),
+        Some(scope) => match state.auth.check(req.headers().get(AUTHORIZATION), scope) {
+            Ok(p) => p,
+            Err(d) => return denied(&state, &path, peer, d),
+        },
+    };
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/api/v1/push") => push(&state, peer, req).await,
+        (&Method::POST, "/api/v1/push") => push(&state, &principal, peer, req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.ready.load(Ordering::SeqCst) {
@@ -145,11 +200,14 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             );
             resp
         }
-        (_, p) if p.starts_with("/api/v1/") => query::handle(&state, req).await,
+        (_, p) if p.starts_with("/api/v1/") => query::handle(&state, &principal, req).await,
         (&Method::GET, "/") => {
             let lookback = state.config.query.lookback.as_millis() as i64;
-            let page =
-                crate::overview::render(&state.store, sonde_common::model::now_ms(), lookback);
+            let reader = Reader {
+                store: &state.store,
+                tenant: &principal.tenant,
+            };
+            let page = crate::overview::render(&reader, sonde_common::model::now_ms(), lookback);
             let mut resp = Response::new(Full::new(Bytes::from(page)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -162,7 +220,12 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
 }
 
 /// `POST /api/v1/push`: the whole ingest path. 200 only after the batch is durable.
-async fn push(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn push(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let cfg = &state.config.ingest;
     let (parts, body) = req.into_parts();
@@ -190,7 +253,7 @@ async fn push(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Res
     if let Err(e) = ingest::validate::validate(&batch, cfg, sonde_common::model::now_ms()) {
         return reject(e, samples);
     }
-    match state.router.route(&batch).await {
+    match state.router.route(&principal.tenant, &batch).await {
         Ok(stats) => {
             state
                 .events
@@ -220,4 +283,30 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// Re-reads the token file when it changes (checked every 2 s) and on SIGHUP. A broken file is
+/// refused with its line and reason; the tokens in force stay.
+async fn reload_tokens(state: Arc<AppState>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let forced = tokio::select! {
+            _ = ticker.tick() => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = shutdown.cancelled() => return,
+        };
+        match state.auth.reload(forced) {
+            Ok(true) => {
+                state.events.token_reloads.add("ok", 1);
+                tracing::info!("token file reloaded");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                state.events.token_reloads.add("error", 1);
+                tracing::error!("{e}; the previous tokens stay in force");
+            }
+        }
+    }
 }

@@ -201,3 +201,82 @@ fn agent_to_collector_survives_sigkill() {
         "collector exit status"
     );
 }
+
+/// The agent authenticates with a token file; its data lands in the token's tenant.
+#[test]
+fn agent_pushes_into_its_tokens_tenant() {
+    let data = tempfile::tempdir().unwrap();
+    let (port, agent_port) = (free_port(), free_port());
+    let tokens = data.path().join("tokens");
+    std::fs::write(&tokens, "agent-token-000000001 blue write\nreader-token-00000001 blue read\nother-token-000000001 red read\n").unwrap();
+    let agent_token = data.path().join("agent-token");
+    std::fs::write(&agent_token, "agent-token-000000001\n").unwrap();
+    let store = data.path().join("store");
+    let _collector = Proc::spawn(
+        "collector",
+        sonde_bin("sonde-collector"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            store.to_str().unwrap(),
+            "--token-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "collector ready", || {
+        http_get(port, "/readyz")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    let host = format!("e2e-auth-{}", std::process::id());
+    let _agent = Proc::spawn(
+        "agent",
+        sonde_bin("sonde-agent"),
+        &[
+            "--collector",
+            &format!("http://127.0.0.1:{port}"),
+            "--interval",
+            "300ms",
+            "--flush-jitter",
+            "0s",
+            "--hostname",
+            &host,
+            "--http-listen",
+            &format!("127.0.0.1:{agent_port}"),
+            "--statsd-listen",
+            "",
+            "--token-file",
+            agent_token.to_str().unwrap(),
+        ],
+    );
+    let q = format!(
+        "/api/v1/query?query={}",
+        support::encode(&format!("node_load1{{host=\"{host}\"}}"))
+    );
+    let as_reader = |token: &str| {
+        support::http_request(
+            port,
+            "GET",
+            &q,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "agent's data visible to its tenant",
+        || {
+            as_reader("reader-token-00000001")
+                .1
+                .contains("\"node_load1\"")
+        },
+    );
+    let (status, body) = as_reader("other-token-000000001");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("node_load1"),
+        "another tenant sees nothing: {body}"
+    );
+}

@@ -8,7 +8,42 @@ use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 use sonde_common::model::{Label, Sample, Series};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::store::{Matcher, Store};
+use crate::store::{Matcher, SeriesSamples, Store};
+
+/// The store as one tenant sees it: every read goes through the tenant's namespace.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub store: &'a Store,
+    pub tenant: &'a str,
+}
+
+impl Reader<'_> {
+    pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        self.store
+            .select_tenant(self.tenant, matchers, start_ms, end_ms)
+    }
+
+    pub fn series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
+        self.store
+            .series_tenant(self.tenant, matchers, start_ms, end_ms)
+    }
+
+    pub fn label_names(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {
+        self.store
+            .label_names_tenant(self.tenant, matchers, start_ms, end_ms)
+    }
+
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<String> {
+        self.store
+            .label_values_tenant(self.tenant, name, matchers, start_ms, end_ms)
+    }
+}
 
 /// Prometheus's stale marker: a specific NaN that ends a series.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -159,7 +194,7 @@ fn read_time(sel: &Selector, t: i64, start: i64, end: i64) -> i64 {
 /// Instant vector selection at each of `steps` (evaluation times), Prometheus style: for every
 /// step, the newest sample in `[t - lookback, t]` unless it is a stale marker.
 pub fn eval_vector(
-    store: &Store,
+    store: &Reader<'_>,
     sel: &Selector,
     steps: &[i64],
     start: i64,
@@ -198,7 +233,7 @@ pub fn eval_vector(
 }
 
 /// Range vector selection at time `t`: every sample in `(t - range, t]`.
-pub fn eval_matrix(store: &Store, sel: &Selector, t: i64, range_ms: i64) -> Vec<SeriesPoints> {
+pub fn eval_matrix(store: &Reader<'_>, sel: &Selector, t: i64, range_ms: i64) -> Vec<SeriesPoints> {
     let rt = read_time(sel, t, t, t);
     store
         .select(&sel.matchers, rt - range_ms + 1, rt)

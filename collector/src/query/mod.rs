@@ -14,9 +14,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
+use crate::ingest::auth::Principal;
 use crate::server::{AppState, Body};
 use crate::store::Matcher;
-use eval::{Plan, SeriesPoints};
+use eval::{Plan, Reader, SeriesPoints};
 use params::{Params, parse_step, parse_time};
 
 /// Largest form body a query request may carry.
@@ -34,6 +35,14 @@ fn bad_data(message: impl Into<String>) -> ApiError {
         kind: "bad_data",
         message: message.into(),
     }
+}
+
+/// An error in Prometheus's shape, for callers outside this module (authentication).
+pub fn error_response(status: StatusCode, kind: &'static str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        json!({"status": "error", "errorType": kind, "error": message}),
+    )
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Body> {
@@ -57,8 +66,16 @@ impl ApiError {
     }
 }
 
-/// Dispatches `/api/v1/*` requests other than push.
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+/// Dispatches `/api/v1/*` requests other than push, for `principal`'s tenant.
+pub async fn handle(
+    state: &AppState,
+    principal: &Principal,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let reader = Reader {
+        store: &state.store,
+        tenant: &principal.tenant,
+    };
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
@@ -76,19 +93,19 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
     let result = match path.as_str() {
         "/api/v1/query" => {
             state.events.query("query");
-            instant_query(state, &params)
+            instant_query(state, reader, &params)
         }
         "/api/v1/query_range" => {
             state.events.query("query_range");
-            range_query(state, &params)
+            range_query(state, reader, &params)
         }
         "/api/v1/series" => {
             state.events.query("series");
-            series(state, &params)
+            series(reader, &params)
         }
         "/api/v1/labels" => {
             state.events.query("labels");
-            labels(state, &params)
+            labels(reader, &params)
         }
         "/api/v1/status/buildinfo" => Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -106,7 +123,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
         {
             Some(name) => {
                 state.events.query("label_values");
-                label_values(state, name, &params)
+                label_values(reader, name, &params)
             }
             None => Err(ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -165,7 +182,7 @@ fn metric_json(series: &sonde_common::model::Series) -> Value {
     Value::Object(map)
 }
 
-fn instant_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+fn instant_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<Value, ApiError> {
     let query = required(params, "query")?;
     let t = time_or(params, "time", sonde_common::model::now_ms())?;
     let lookback = state.config.query.lookback.as_millis() as i64;
@@ -174,14 +191,14 @@ fn instant_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
             json!({"resultType": "scalar", "result": [seconds(t), sonde_common::telemetry::format_value(v)]}),
         ),
         Plan::Vector(sel) => {
-            let result: Vec<Value> = eval::eval_vector(&state.store, &sel, &[t], t, t, lookback)
+            let result: Vec<Value> = eval::eval_vector(&reader, &sel, &[t], t, t, lookback)
                 .iter()
                 .map(|sp| json!({"metric": metric_json(&sp.series), "value": point(&sp.points[0])}))
                 .collect();
             Ok(json!({"resultType": "vector", "result": result}))
         }
         Plan::Matrix(sel, range) => Ok(
-            json!({"resultType": "matrix", "result": matrix(&eval::eval_matrix(&state.store, &sel, t, range))}),
+            json!({"resultType": "matrix", "result": matrix(&eval::eval_matrix(&reader, &sel, t, range))}),
         ),
     }
 }
@@ -193,7 +210,7 @@ fn matrix(result: &[SeriesPoints]) -> Vec<Value> {
         .collect()
 }
 
-fn range_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+fn range_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<Value, ApiError> {
     let query = required(params, "query")?;
     let start = parse_time("start", required(params, "start")?).map_err(bad_data)?;
     let end = parse_time("end", required(params, "end")?).map_err(bad_data)?;
@@ -222,7 +239,7 @@ fn range_query(state: &AppState, params: &Params) -> Result<Value, ApiError> {
             Ok(json!({"resultType": "matrix", "result": [{"metric": {}, "values": points}]}))
         }
         Plan::Vector(sel) => Ok(
-            json!({"resultType": "matrix", "result": matrix(&eval::eval_vector(&state.store, &sel, &steps, start, end, lookback))}),
+            json!({"resultType": "matrix", "result": matrix(&eval::eval_vector(&reader, &sel, &steps, start, end, lookback))}),
         ),
         Plan::Matrix(..) => Err(bad_data(
             "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector",
@@ -251,26 +268,26 @@ fn range_params(params: &Params) -> Result<(i64, i64), ApiError> {
     ))
 }
 
-fn series(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+fn series(reader: Reader<'_>, params: &Params) -> Result<Value, ApiError> {
     let sets = selectors(params, true)?;
     let (start, end) = range_params(params)?;
     let mut found: Vec<sonde_common::model::Series> = sets
         .iter()
-        .flat_map(|m| state.store.series(m, start, end))
+        .flat_map(|m| reader.series(m, start, end))
         .collect();
     found.sort();
     found.dedup();
     Ok(Value::Array(found.iter().map(metric_json).collect()))
 }
 
-fn labels(state: &AppState, params: &Params) -> Result<Value, ApiError> {
+fn labels(reader: Reader<'_>, params: &Params) -> Result<Value, ApiError> {
     let sets = selectors(params, false)?;
     let (start, end) = range_params(params)?;
     let mut names: Vec<String> = if sets.is_empty() {
-        state.store.label_names(&[], start, end)
+        reader.label_names(&[], start, end)
     } else {
         sets.iter()
-            .flat_map(|m| state.store.label_names(m, start, end))
+            .flat_map(|m| reader.label_names(m, start, end))
             .collect()
     };
     names.sort();
@@ -278,17 +295,17 @@ fn labels(state: &AppState, params: &Params) -> Result<Value, ApiError> {
     Ok(json!(names))
 }
 
-fn label_values(state: &AppState, name: &str, params: &Params) -> Result<Value, ApiError> {
+fn label_values(reader: Reader<'_>, name: &str, params: &Params) -> Result<Value, ApiError> {
     if !sonde_common::model::is_valid_label_name(name) {
         return Err(bad_data(format!("invalid label name: \"{name}\"")));
     }
     let sets = selectors(params, false)?;
     let (start, end) = range_params(params)?;
     let mut values: Vec<String> = if sets.is_empty() {
-        state.store.label_values(name, &[], start, end)
+        reader.label_values(name, &[], start, end)
     } else {
         sets.iter()
-            .flat_map(|m| state.store.label_values(name, m, start, end))
+            .flat_map(|m| reader.label_values(name, m, start, end))
             .collect()
     };
     values.sort();
