@@ -51,6 +51,8 @@ fn bench(c: &mut Criterion) {
         limits: Limits::default(),
         max_sample_age: Duration::from_secs(86_400),
         max_sample_future: Duration::from_secs(600),
+        tenant_samples_per_second: 0.0,
+        dedup_batches: 1,
     };
     let now = now_ms();
     let body = encoded(now);

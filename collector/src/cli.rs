@@ -67,6 +67,16 @@ pub struct Cli {
     #[arg(long, env = "SONDE_MAX_SAMPLE_FUTURE", default_value = "10m")]
     pub max_sample_future: String,
 
+    /// Samples per second each tenant may push, bursts up to twice that; beyond it pushes get
+    /// 429 with Retry-After. 0 means unlimited.
+    #[arg(long, env = "SONDE_TENANT_SAMPLES_PER_SECOND", default_value_t = 0.0)]
+    pub tenant_samples_per_second: f64,
+
+    /// How many recently accepted native batches (agent id + sequence number) are remembered,
+    /// so a retried batch is acknowledged again without being stored twice.
+    #[arg(long, env = "SONDE_DEDUP_BATCHES", default_value_t = 100_000)]
+    pub dedup_batches: usize,
+
     /// On SIGTERM, how long to let in-flight requests finish before exiting.
     #[arg(long, env = "SONDE_DRAIN_TIMEOUT", default_value = "25s")]
     pub drain_timeout: String,

@@ -26,6 +26,10 @@ pub struct IngestConfig {
     pub limits: Limits,
     pub max_sample_age: Duration,
     pub max_sample_future: Duration,
+    /// Samples per second each tenant may push (0: unlimited); bursts up to twice that.
+    pub tenant_samples_per_second: f64,
+    /// Recently accepted native batches remembered for duplicate suppression.
+    pub dedup_batches: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +89,8 @@ impl TryFrom<Cli> for Config {
             },
             max_sample_age: duration("max-sample-age", &cli.max_sample_age)?,
             max_sample_future: duration("max-sample-future", &cli.max_sample_future)?,
+            tenant_samples_per_second: cli.tenant_samples_per_second,
+            dedup_batches: cli.dedup_batches,
         };
         Ok(Config {
             listen: cli.listen,

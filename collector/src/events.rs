@@ -22,6 +22,7 @@ pub struct Events {
     pub push_duration: Histogram,
     pub queries: LabeledCounter,
     pub requests_denied: LabeledCounter,
+    pub duplicate_batches: Counter,
     pub token_reloads: LabeledCounter,
     last_log_ms: AtomicU64,
 }
@@ -39,6 +40,7 @@ impl Default for Events {
             push_duration: Histogram::new(LATENCY_BUCKETS),
             queries: LabeledCounter::new("endpoint"),
             requests_denied: LabeledCounter::new("reason"),
+            duplicate_batches: Counter::default(),
             token_reloads: LabeledCounter::new("result"),
             last_log_ms: AtomicU64::new(0),
         }
@@ -92,6 +94,12 @@ impl Events {
         if self.should_log() {
             tracing::warn!(reason, samples, peer, "rejected batch: {cause}");
         }
+    }
+
+    /// A retried native batch this collector had already accepted: acknowledged, not stored.
+    pub fn duplicate_batch(&self, samples: usize) {
+        self.duplicate_batches.inc();
+        self.samples_dropped.add("duplicate_batch", samples as u64);
     }
 
     /// A request refused by access control.
@@ -158,6 +166,11 @@ impl Events {
             "sonde_collector_store_wal_bytes",
             "Bytes in the embedded store's write-ahead log.",
             store.wal_bytes as f64,
+        );
+        e.counter(
+            "sonde_collector_duplicate_batches_total",
+            "Retried native batches acknowledged again without being stored twice.",
+            &self.duplicate_batches,
         );
         e.labeled_counter(
             "sonde_collector_requests_denied_total",

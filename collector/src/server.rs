@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::events::Events;
 use crate::ingest::auth::{Auth, Denied, Principal, Scope};
+use crate::ingest::dedup::Dedup;
+use crate::ingest::limit::RateLimits;
 use crate::ingest::{self, IngestError};
 use crate::query;
 use crate::query::eval::Reader;
@@ -37,6 +39,8 @@ pub type Body = Full<Bytes>;
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
+    pub dedup: Dedup,
+    pub limits: RateLimits,
     pub store: Store,
     pub router: Router,
     pub events: Events,
@@ -78,6 +82,11 @@ pub async fn run(
     }
     let state = Arc::new(AppState {
         auth,
+        dedup: Dedup::new(config.ingest.dedup_batches),
+        limits: RateLimits::new(
+            config.ingest.tenant_samples_per_second,
+            config.ingest.tenant_samples_per_second * 2.0,
+        ),
         router: Router::new(store.clone()),
         store,
         events: Events::default(),
@@ -140,7 +149,7 @@ pub async fn run(
 fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     match (method, path) {
         (_, "/healthz" | "/readyz") => None,
-        (&Method::POST, "/api/v1/push") => Some(Scope::Write),
+        (&Method::POST, "/api/v1/push" | "/api/v1/write") => Some(Scope::Write),
         _ => Some(Scope::Read),
     }
 }
@@ -154,11 +163,12 @@ fn denied(state: &AppState, path: &str, peer: SocketAddr, d: Denied) -> Response
     state
         .events
         .request_denied(d.reason(), path, &peer.to_string());
-    let mut resp = if path.starts_with("/api/v1/") && path != "/api/v1/push" {
-        query::error_response(status, d.reason(), &d.to_string())
-    } else {
-        text(status, format!("{d}\n"))
-    };
+    let mut resp =
+        if path.starts_with("/api/v1/") && path != "/api/v1/push" && path != "/api/v1/write" {
+            query::error_response(status, d.reason(), &d.to_string())
+        } else {
+            text(status, format!("{d}\n"))
+        };
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             WWW_AUTHENTICATE,
@@ -178,7 +188,12 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
         },
     };
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/api/v1/push") => push(&state, &principal, peer, req).await,
+        (&Method::POST, "/api/v1/push") => {
+            ingest(&state, &principal, peer, req, Protocol::Native).await
+        }
+        (&Method::POST, "/api/v1/write") => {
+            ingest(&state, &principal, peer, req, Protocol::RemoteWrite).await
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.ready.load(Ordering::SeqCst) {
@@ -219,12 +234,23 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     }
 }
 
-/// `POST /api/v1/push`: the whole ingest path. 200 only after the batch is durable.
-async fn push(
+/// The two push protocols.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `POST /api/v1/push`: native batches; 200 when accepted.
+    Native,
+    /// `POST /api/v1/write`: Prometheus remote write 1.0; 204 when accepted, as Prometheus does.
+    RemoteWrite,
+}
+
+/// The whole ingest path of a push: checks, bounded read, decode, duplicate suppression, rate
+/// limit, validation, routing. The reply is a success only once the batch is durable.
+async fn ingest(
     state: &AppState,
     principal: &Principal,
     peer: SocketAddr,
     req: Request<Incoming>,
+    protocol: Protocol,
 ) -> Response<Body> {
     let started = Instant::now();
     let cfg = &state.config.ingest;
@@ -236,29 +262,85 @@ async fn push(
             .batch_rejected(e.reason(), samples, &peer, &e.to_string());
         text(e.status(), format!("{e}\n"))
     };
-    let compression = match ingest::decode::check_headers(&parts.headers) {
-        Ok(c) => c,
-        Err(e) => return reject(e, 0),
+    let compression = match protocol {
+        Protocol::Native => match ingest::decode::check_headers(&parts.headers) {
+            Ok(c) => Some(c),
+            Err(e) => return reject(e, 0),
+        },
+        Protocol::RemoteWrite => match ingest::remote_write::check_headers(&parts.headers) {
+            Ok(()) => None,
+            Err(e) => return reject(e, 0),
+        },
     };
     let bytes =
         match ingest::decode::read_body(body, &parts.headers, cfg.wire.max_encoded_bytes).await {
             Ok(b) => b,
             Err(e) => return reject(e, 0),
         };
-    let batch = match ingest::decode::decode_batch(&bytes, compression, &cfg.wire) {
+    let decoded = match compression {
+        Some(c) => ingest::decode::decode_batch(&bytes, c, &cfg.wire),
+        None => ingest::remote_write::decode(&bytes, cfg.wire.max_decoded_bytes),
+    };
+    let batch = match decoded {
         Ok(b) => b,
         Err(e) => return reject(e, 0),
     };
     let samples = batch.sample_count();
+    let ok = || {
+        text(
+            if protocol == Protocol::Native {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            },
+            "",
+        )
+    };
+    let dedup_key = state.dedup.key(
+        &principal.tenant,
+        &batch.header.agent_id,
+        batch.header.sequence,
+    );
+    if let Some(key) = dedup_key
+        && state.dedup.seen(key)
+    {
+        state.events.duplicate_batch(samples);
+        return ok();
+    }
+    if let Err(wait) = state
+        .limits
+        .admit(&principal.tenant, samples, Instant::now())
+    {
+        state.events.batch_rejected(
+            "rate_limited",
+            samples,
+            &peer,
+            "tenant over its samples-per-second limit",
+        );
+        let mut resp = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant over its limit of samples per second; retry in {} s\n",
+                wait.as_secs()
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            resp.headers_mut().insert(RETRY_AFTER, v);
+        }
+        return resp;
+    }
     if let Err(e) = ingest::validate::validate(&batch, cfg, sonde_common::model::now_ms()) {
         return reject(e, samples);
     }
     match state.router.route(&principal.tenant, &batch).await {
         Ok(stats) => {
+            if let Some(key) = dedup_key {
+                state.dedup.remember(key);
+            }
             state
                 .events
                 .batch_accepted(bytes.len(), &stats, samples, started.elapsed());
-            text(StatusCode::OK, "")
+            ok()
         }
         Err(e) => {
             state

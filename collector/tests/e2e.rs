@@ -91,6 +91,8 @@ fn agent_to_collector_survives_sigkill() {
             "100ms",
             "--push-max-backoff",
             "1s",
+            "--statsd-listen",
+            "",
         ],
     );
 

@@ -141,11 +141,25 @@ fn retried_batch_is_idempotent() {
     let data = query(server.port, "retried_total[1h]", None);
     let values = data["result"][0]["values"].as_array().unwrap();
     assert_eq!(values.len(), 1, "{data}");
-    let (_, metrics) = http_get(server.port, "/metrics").unwrap();
-    assert!(
-        metrics.contains("sonde_collector_samples_dropped_total{reason=\"duplicate\"} 2"),
-        "{metrics}"
+    // The same samples in a new batch (another sequence number) are duplicates at the store.
+    let again = batch_bytes(
+        &[("retried_total", &[("host", "a")])],
+        now,
+        Compression::Zstd,
     );
+    assert_eq!(push(server.port, &again, CT, "zstd").0, 200);
+    let (_, metrics) = http_get(server.port, "/metrics").unwrap();
+    for line in [
+        "sonde_collector_duplicate_batches_total 2",
+        "sonde_collector_samples_dropped_total{reason=\"duplicate_batch\"} 2",
+        "sonde_collector_samples_dropped_total{reason=\"duplicate\"} 1",
+        "sonde_collector_batches_received_total 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing '{line}' in:\n{metrics}"
+        );
+    }
 }
 
 #[test]

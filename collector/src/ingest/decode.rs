@@ -18,13 +18,16 @@ pub fn check_headers(headers: &HeaderMap) -> Result<Compression, IngestError> {
         .unwrap_or_default();
     let media = content_type.split(';').next().unwrap_or("").trim();
     if !media.eq_ignore_ascii_case(wire::CONTENT_TYPE) {
-        return Err(IngestError::ContentType(content_type));
+        return Err(IngestError::ContentType(content_type, wire::CONTENT_TYPE));
     }
     let encoding = headers
         .get(CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_else(|| "identity".into());
-    Compression::from_http_encoding(&encoding).ok_or(IngestError::ContentEncoding(encoding))
+    Compression::from_http_encoding(&encoding).ok_or(IngestError::ContentEncoding(
+        encoding,
+        "identity, lz4 or zstd",
+    ))
 }
 
 /// Reads the body, refusing it by Content-Length before reading and by counted bytes while
@@ -98,11 +101,11 @@ mod tests {
         );
         assert!(matches!(
             check_headers(&headers(Some("application/json"), None)),
-            Err(IngestError::ContentType(_))
+            Err(IngestError::ContentType(..))
         ));
         assert!(matches!(
             check_headers(&headers(None, None)),
-            Err(IngestError::ContentType(_))
+            Err(IngestError::ContentType(..))
         ));
         let err =
             check_headers(&headers(Some("application/x-sonde-batch"), Some("gzip"))).unwrap_err();

@@ -4,6 +4,9 @@
 
 pub mod auth;
 pub mod decode;
+pub mod dedup;
+pub mod limit;
+pub mod remote_write;
 pub mod validate;
 
 use hyper::StatusCode;
@@ -14,10 +17,16 @@ use thiserror::Error;
 /// Why a push was refused, mapped to its HTTP status and `reason` label.
 #[derive(Debug, Error)]
 pub enum IngestError {
-    #[error("unsupported Content-Type '{0}': send application/x-sonde-batch")]
-    ContentType(String),
-    #[error("unsupported Content-Encoding '{0}': send identity, lz4 or zstd")]
-    ContentEncoding(String),
+    #[error("unsupported Content-Type '{0}': send {1}")]
+    ContentType(String, &'static str),
+    #[error("unsupported Content-Encoding '{0}': send {1}")]
+    ContentEncoding(String, &'static str),
+    #[error("{0}")]
+    RemoteWrite(#[from] sonde_common::remote_write::RemoteWriteError),
+    #[error("series without a metric name (__name__): {{{0}}}")]
+    MissingName(String),
+    #[error("label '{label}' appears twice in series '{series}'")]
+    DuplicateLabel { series: String, label: String },
     #[error("request body of {size} bytes exceeds the limit of {max} bytes")]
     BodyTooLarge { size: u64, max: usize },
     #[error("cannot read request body: {0}")]
@@ -52,9 +61,12 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::ContentType(_) | IngestError::ContentEncoding(_) => {
+            IngestError::ContentType(..) | IngestError::ContentEncoding(..) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
+            IngestError::RemoteWrite(sonde_common::remote_write::RemoteWriteError::TooLarge {
+                ..
+            }) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
@@ -63,9 +75,15 @@ impl IngestError {
 
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::ContentType(_) | IngestError::ContentEncoding(_) => {
+            IngestError::ContentType(..) | IngestError::ContentEncoding(..) => {
                 "unsupported_media_type"
             }
+            IngestError::RemoteWrite(sonde_common::remote_write::RemoteWriteError::TooLarge {
+                ..
+            }) => "too_large",
+            IngestError::RemoteWrite(_) => "malformed",
+            IngestError::MissingName(_) => "missing_metric_name",
+            IngestError::DuplicateLabel { .. } => "duplicate_label",
             IngestError::BodyTooLarge { .. } => "too_large",
             IngestError::Body(_) => "body_read_error",
             IngestError::EncodingMismatch { .. } => "malformed",

@@ -44,6 +44,8 @@ mod tests {
             limits: Limits::default(),
             max_sample_age: Duration::from_secs(3600),
             max_sample_future: Duration::from_secs(60),
+            tenant_samples_per_second: 0.0,
+            dedup_batches: 1,
         }
     }
 

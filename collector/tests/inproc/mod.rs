@@ -68,6 +68,9 @@ impl Drop for Server {
     }
 }
 
+/// Every batch gets its own sequence number, as an agent's do.
+static NEXT_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub fn batch_bytes(
     series: &[(&str, &[(&str, &str)])],
     ts: i64,
@@ -75,7 +78,7 @@ pub fn batch_bytes(
 ) -> Vec<u8> {
     let mut b = BatchBuilder::new(BatchHeader {
         agent_id: "t".into(),
-        sequence: 1,
+        sequence: NEXT_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sent_at_ms: ts,
     });
     for (name, labels) in series {
