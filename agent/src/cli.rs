@@ -18,6 +18,20 @@ pub struct Cli {
     )]
     pub collectors: Vec<String>,
 
+    /// CA certificate (PEM) that https:// collectors' certificates must chain to; without it,
+    /// the system's trusted roots.
+    #[arg(long, env = "SONDE_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for collectors that require one (mutual TLS); needs --tls-key
+    /// and --ca.
+    #[arg(long, env = "SONDE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SONDE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// File holding the bearer token sent to the collectors (their --token-file gives it a
     /// tenant and the write scope). Read once at start.
     #[arg(long, env = "SONDE_TOKEN_FILE")]

@@ -36,6 +36,7 @@ pub struct PushConfig {
     pub compression: Compression,
     /// Bearer token for the collectors.
     pub token: Option<String>,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// What the StatsD source needs.
@@ -78,11 +79,11 @@ fn push_url(base: &str) -> Result<hyper::Uri, ConfigError> {
         .parse()
         .map_err(|e| invalid("collector", format!("'{base}' is not a URL: {e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(invalid(
                 "collector",
-                format!("'{base}': scheme '{other}' is not supported yet, use http://"),
+                format!("'{base}': scheme '{other}' is not supported yet, use http:// or https://"),
             ));
         }
         None => {
@@ -254,6 +255,11 @@ impl TryFrom<Cli> for Config {
                     .parse()
                     .map_err(|e: String| invalid("compression", e))?,
                 token,
+                tls: crate::tls::TlsConfig {
+                    ca: cli.ca.clone(),
+                    cert: cli.tls_cert.clone(),
+                    key: cli.tls_key.clone(),
+                },
             },
             shutdown_timeout: duration("shutdown-timeout", &cli.shutdown_timeout)?,
             http_listen,
@@ -390,11 +396,12 @@ mod tests {
                 .contains("no scheme")
         );
         assert!(
-            parse(&["--collector", "https://x"])
+            parse(&["--collector", "ftp://x"])
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")
         );
+        assert!(parse(&["--collector", "https://x"]).is_ok());
         assert!(
             parse(&["--compression", "gzip"])
                 .unwrap_err()

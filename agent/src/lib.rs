@@ -14,5 +14,6 @@ pub mod push;
 pub mod selfmetrics;
 pub mod sources;
 pub mod spool;
+pub mod tls;
 
 pub use pipeline::{AgentError, run};

@@ -45,6 +45,8 @@ pub enum AgentError {
         dir: std::path::PathBuf,
         cause: std::io::Error,
     },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("host source task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -164,7 +166,7 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
-    let pusher = Pusher::new(config.push.clone(), events.clone());
+    let pusher = Pusher::new(config.push.clone(), events.clone())?;
     tracker.spawn(pusher.run(buffer.clone(), shutdown.clone(), hard_stop.clone()));
     if let Some(listener) = http_listener {
         let push = http::PushTarget {

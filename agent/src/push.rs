@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +23,7 @@ use crate::batch::EncodedBatch;
 use crate::buffer::Buffer;
 use crate::config::PushConfig;
 use crate::events::Events;
+use crate::tls::TlsError;
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -39,25 +41,28 @@ enum Attempt {
 
 pub struct Pusher {
     cfg: PushConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     events: Arc<Events>,
     user_agent: String,
 }
 
 impl Pusher {
-    pub fn new(cfg: PushConfig, events: Arc<Events>) -> Self {
+    pub fn new(cfg: PushConfig, events: Arc<Events>) -> Result<Self, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.timeout));
+        // HttpConnector refuses https:// unless told; the TLS layer above handles it.
+        connector.enforce_http(false);
+        let connector = crate::tls::connector(&cfg.tls, connector)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self {
+        Ok(Self {
             cfg,
             client,
             events,
             user_agent: format!("sonde-agent/{}", env!("CARGO_PKG_VERSION")),
-        }
+        })
     }
 
     async fn attempt(&self, url: &Uri, batch: &EncodedBatch) -> Attempt {

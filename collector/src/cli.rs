@@ -25,6 +25,18 @@ pub struct Cli {
     #[arg(long, env = "SONDE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SONDE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SONDE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "SONDE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address without authentication. Anyone who can reach
     /// the address can then write and read every series.
     #[arg(long, env = "SONDE_INSECURE_NO_AUTH")]

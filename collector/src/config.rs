@@ -43,6 +43,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub insecure_no_auth: bool,
     pub token_file: Option<PathBuf>,
+    pub tls: Option<crate::tls::TlsConfig>,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
@@ -97,6 +98,14 @@ impl TryFrom<Cli> for Config {
             data_dir: cli.data_dir,
             insecure_no_auth: cli.insecure_no_auth,
             token_file: cli.token_file,
+            tls: match (cli.tls_cert, cli.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsConfig {
+                    cert,
+                    key,
+                    client_ca: cli.tls_client_ca,
+                }),
+                _ => None,
+            },
             drain_timeout: duration("drain-timeout", &cli.drain_timeout)?,
             ingest,
             query: QueryConfig {

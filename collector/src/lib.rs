@@ -14,5 +14,6 @@ pub mod query;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use server::{RunError, run};

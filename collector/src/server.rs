@@ -35,6 +35,10 @@ use crate::store::{Store, StoreConfig, StoreError};
 
 pub type Body = Full<Bytes>;
 
+/// A connection's byte stream, plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Everything a request handler can reach.
 pub struct AppState {
     pub config: Config,
@@ -56,6 +60,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tokens(#[from] crate::ingest::auth::TokenFileError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -99,6 +105,12 @@ pub async fn run(
     if state.auth.enabled() {
         tokio::spawn(reload_tokens(state.clone(), shutdown.clone()));
     }
+    let tls = match &state.config.tls {
+        Some(cfg) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            cfg,
+        )?)),
+        None => None,
+    };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -115,14 +127,28 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
+                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // The TLS handshake runs here, not in the accept loop, so a slow or hostile
+                    // client cannot hold up the others.
+                    let io: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => Box::new(s),
+                            Ok(Err(e)) => {
+                                state.events.request_denied("tls_handshake", "", &peer.to_string());
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                    };
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended with error: {e}");
                     }
                 });
