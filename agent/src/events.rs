@@ -239,6 +239,7 @@ impl Events {
             "Failed scrapes of local endpoints (and refused pushes of Prometheus text: reason push_parse), by reason.",
             &self.scrape_errors,
         );
+        e.process();
         e.finish()
     }
 }

@@ -221,6 +221,7 @@ impl Events {
             "Seconds since the collector started.",
             self.started.elapsed().as_secs_f64(),
         );
+        e.process();
         e.finish()
     }
 }

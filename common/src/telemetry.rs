@@ -160,6 +160,64 @@ impl TextEncoder {
     }
 }
 
+impl TextEncoder {
+    /// The standard process metrics (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`, `process_start_time_seconds`) of
+    /// this process, from /proc/self: the CPU signal an autoscaler reads. Absent figures are
+    /// left out.
+    pub fn process(&mut self) {
+        let ticks = 100.0; // USER_HZ on Linux
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<f64>().ok()),
+                f.get(12).and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                self.header(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.",
+                    "counter",
+                );
+                let _ = writeln!(self.out, "process_cpu_seconds_total {}", (u + s) / ticks);
+            }
+            let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            });
+            if let (Some(start), Some(boot)) = (f.get(19).and_then(|v| v.parse::<f64>().ok()), boot)
+            {
+                self.gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    boot + start / ticks,
+                );
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        {
+            self.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                kb * 1024.0,
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                fds.count() as f64,
+            );
+        }
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -216,5 +274,20 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.total(), 4);
+    }
+
+    #[test]
+    fn process_metrics_of_this_process() {
+        let mut e = TextEncoder::new();
+        e.process();
+        let text = e.finish();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
     }
 }
