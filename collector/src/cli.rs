@@ -1,7 +1,7 @@
 //! Raw command-line flags, each with a `SONDE_*` environment fallback. [`crate::config`] turns
 //! them into validated configuration; nothing else reads flags.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -10,6 +10,10 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "sonde-collector", version, about)]
 pub struct Cli {
+    /// A maintenance command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve HTTP on (push, query API, health, self-metrics). Without a token file
     /// only loopback addresses are allowed, unless --insecure-no-auth.
     #[arg(long, env = "SONDE_LISTEN", default_value = "127.0.0.1:9470")]
@@ -18,6 +22,20 @@ pub struct Cli {
     /// Directory of the embedded store (write-ahead log and data). Created if missing.
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
+
+    /// Prometheus remote-write URL to forward every accepted batch to (repeatable: each gets its
+    /// own disk queue under --data-dir/queues). With any, the embedded store is no longer
+    /// written: VictoriaMetrics, Mimir, Thanos Receive or Prometheus hold the data.
+    #[arg(
+        long = "remote-write",
+        env = "SONDE_REMOTE_WRITE",
+        value_delimiter = ','
+    )]
+    pub remote_write: Vec<String>,
+
+    /// Most bytes each remote-write disk queue holds; when full, pushes get 429.
+    #[arg(long, env = "SONDE_QUEUE_MAX_BYTES", default_value_t = 1 << 30)]
+    pub queue_max_bytes: u64,
 
     /// Bearer tokens, one per line: `TOKEN TENANT SCOPES` (scopes: write, read, admin,
     /// comma-separated). Every endpoint but /healthz and /readyz then needs a token with the
@@ -100,4 +118,23 @@ pub struct Cli {
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_collector=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Disk queue maintenance.
+    Queue {
+        #[command(subcommand)]
+        action: QueueCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Report what a remote-write disk queue holds (segments, records, pending, damage),
+    /// read-only; exits 1 if it found damage.
+    Verify {
+        /// The queue directory, e.g. ./sonde-data/queues/remote-write-0
+        dir: PathBuf,
+    },
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub insecure_no_auth: bool,
     pub token_file: Option<PathBuf>,
     pub tls: Option<crate::tls::TlsConfig>,
+    pub remote_write: Vec<hyper::Uri>,
+    pub queue_max_bytes: u64,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
@@ -98,6 +100,25 @@ impl TryFrom<Cli> for Config {
             data_dir: cli.data_dir,
             insecure_no_auth: cli.insecure_no_auth,
             token_file: cli.token_file,
+            remote_write: cli
+                .remote_write
+                .iter()
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| {
+                    let uri: hyper::Uri = u.trim().parse().map_err(|e| ConfigError::Invalid {
+                        flag: "remote-write",
+                        reason: format!("'{u}' is not a URL: {e}"),
+                    })?;
+                    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                        return Err(ConfigError::Invalid {
+                            flag: "remote-write",
+                            reason: format!("'{u}': only http://host:port/path URLs are supported"),
+                        });
+                    }
+                    Ok(uri)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            queue_max_bytes: cli.queue_max_bytes,
             tls: match (cli.tls_cert, cli.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsConfig {
                     cert,

@@ -11,8 +11,10 @@ pub mod events;
 pub mod ingest;
 pub mod overview;
 pub mod query;
+pub mod queue;
 pub mod route;
 pub mod server;
+pub mod sinks;
 pub mod store;
 pub mod tls;
 

@@ -2,12 +2,15 @@
 
 use anyhow::Context;
 use clap::Parser;
-use sonde_collector::cli::Cli;
+use sonde_collector::cli::{Cli, Command, QueueCommand};
 use sonde_collector::config::Config;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return maintenance(command);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
@@ -29,6 +32,23 @@ fn main() -> anyhow::Result<()> {
         sonde_collector::run(config, listener, shutdown).await?;
         Ok(())
     })
+}
+
+/// Runs a maintenance command and exits.
+fn maintenance(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Queue {
+            action: QueueCommand::Verify { dir },
+        } => {
+            let report = sonde_collector::queue::verify(&dir)
+                .with_context(|| format!("cannot verify the queue in {}", dir.display()))?;
+            print!("{report}");
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -1,24 +1,76 @@
-//! Route: where an accepted batch goes. In this version there is one sink, the embedded store;
-//! remote-write sinks and the alerting fast path join here later, each behind its own queue.
+//! Route: where an accepted batch goes. The embedded store (single node) and/or any number of
+//! remote-write sinks (fleet), each durable on its own: the store fsyncs its WAL, each sink its
+//! disk queue. The route answers only once every destination holds the batch durably, so a 200
+//! to the sender means nothing acknowledged can be lost.
 
 use sonde_common::wire::Batch;
+use thiserror::Error;
 
+use crate::sinks::remote_write::{RemoteWriteSink, SinkError};
 use crate::store::{AppendStats, Store, StoreError};
 
-/// Hands validated batches to the sinks and reports only once every sink holds them durably.
+#[derive(Debug, Error)]
+pub enum RouteError {
+    #[error("cannot store batch: {0}")]
+    Store(#[from] StoreError),
+    /// A sink's disk queue is full: the sender should back off (429).
+    #[error("the queue to {url} is full: {cause}")]
+    Full { url: String, cause: SinkError },
+    #[error("cannot queue batch for {url}: {cause}")]
+    Sink { url: String, cause: SinkError },
+}
+
+impl RouteError {
+    pub fn is_full(&self) -> bool {
+        matches!(self, RouteError::Full { .. })
+    }
+}
+
+/// Hands validated batches to the destinations.
 #[derive(Clone)]
 pub struct Router {
-    store: Store,
+    store: Option<Store>,
+    sinks: Vec<RemoteWriteSink>,
 }
 
 impl Router {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// `store` is `None` when remote storage replaces the embedded store.
+    pub fn new(store: Option<Store>, sinks: Vec<RemoteWriteSink>) -> Self {
+        Self { store, sinks }
     }
 
-    /// Returns once the batch is durable in every sink (for the store: fsynced in its WAL), in
-    /// `tenant`'s namespace.
-    pub async fn route(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, StoreError> {
-        self.store.append_tenant(tenant, batch).await
+    /// Returns once the batch is durable in every destination, in `tenant`'s namespace.
+    pub async fn route(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, RouteError> {
+        let tenant_opt = (!tenant.is_empty()).then_some(tenant);
+        for sink in &self.sinks {
+            if let Err(cause) = sink.enqueue(batch, tenant_opt).await {
+                let url = sink.url().to_string();
+                return Err(if cause.is_full() {
+                    RouteError::Full { url, cause }
+                } else {
+                    RouteError::Sink { url, cause }
+                });
+            }
+        }
+        match &self.store {
+            Some(store) => Ok(store.append_tenant(tenant, batch).await?),
+            None => Ok(AppendStats {
+                appended: batch.sample_count() as u64,
+                ..AppendStats::default()
+            }),
+        }
+    }
+
+    pub fn sinks(&self) -> &[RemoteWriteSink] {
+        &self.sinks
+    }
+
+    /// The fullest queue between ingest and a destination (0 idle, 1 full).
+    pub fn queue_fill(&self) -> f64 {
+        let store = self.store.as_ref().map_or(0.0, Store::queue_fill);
+        self.sinks
+            .iter()
+            .map(RemoteWriteSink::queue_fill)
+            .fold(store, f64::max)
     }
 }

@@ -31,6 +31,7 @@ use crate::ingest::{self, IngestError};
 use crate::query;
 use crate::query::eval::Reader;
 use crate::route::Router;
+use crate::sinks::remote_write::{RemoteWriteConfig, RemoteWriteSink};
 use crate::store::{Store, StoreConfig, StoreError};
 
 pub type Body = Full<Bytes>;
@@ -62,6 +63,8 @@ pub enum RunError {
     Tokens(#[from] crate::ingest::auth::TokenFileError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot open a remote-write sink: {0}")]
+    Sink(crate::sinks::remote_write::SinkError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -79,6 +82,26 @@ pub async fn run(
     })
     .await?
     .map_err(|source| RunError::OpenStore { dir, source })?;
+    // Remote-write sinks, each with its disk queue under the data directory. With any, the
+    // embedded store is no longer a destination (fleet mode).
+    let mut sinks = Vec::new();
+    for (i, url) in config.remote_write.iter().enumerate() {
+        let mut cfg = RemoteWriteConfig::new(
+            url.clone(),
+            config
+                .data_dir
+                .join("queues")
+                .join(format!("remote-write-{i}")),
+        );
+        cfg.drain_timeout = config.drain_timeout;
+        cfg.queue.max_bytes = config.queue_max_bytes;
+        let (sink, report) = tokio::task::spawn_blocking(move || RemoteWriteSink::open(cfg))
+            .await?
+            .map_err(RunError::Sink)?;
+        tracing::info!(url = %url, queued = report.records, damaged = report.damaged_regions, "remote-write sink ready");
+        sinks.push(sink);
+    }
+    let remote = !sinks.is_empty();
     let auth = match &config.token_file {
         Some(path) => Auth::load(path)?,
         None => Auth::disabled(),
@@ -93,7 +116,7 @@ pub async fn run(
             config.ingest.tenant_samples_per_second,
             config.ingest.tenant_samples_per_second * 2.0,
         ),
-        router: Router::new(store.clone()),
+        router: Router::new((!remote).then(|| store.clone()), sinks.clone()),
         store,
         events: Events::default(),
         ready: AtomicBool::new(true),
@@ -105,6 +128,12 @@ pub async fn run(
     if state.auth.enabled() {
         tokio::spawn(reload_tokens(state.clone(), shutdown.clone()));
     }
+    // The senders stop only after the HTTP side has drained (below), then drain their queues.
+    let sinks_stop = CancellationToken::new();
+    let senders: Vec<_> = sinks
+        .into_iter()
+        .map(|s| s.start(sinks_stop.clone()))
+        .collect();
     let tls = match &state.config.tls {
         Some(cfg) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
             cfg,
@@ -164,6 +193,12 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("drain timeout reached with requests still in flight; closing them");
+    }
+    // Deliver what the sinks' queues hold, bounded by the drain timeout; the rest stays on disk
+    // for the next start.
+    sinks_stop.cancel();
+    for sender in senders {
+        let _ = sender.await;
     }
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.close()).await?;
@@ -229,11 +264,17 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             }
         }
         (&Method::GET, "/metrics") => {
-            let body = state.events.render(
+            let mut body = state.events.render(
                 &state.store.stats(),
                 &state.store.replay_report(),
-                state.store.queue_fill(),
+                state.router.queue_fill(),
             );
+            // The first sink's metrics (several sinks would need a per-sink label).
+            if let Some(sink) = state.router.sinks().first() {
+                let mut e = sonde_common::telemetry::TextEncoder::new();
+                sink.stats().render(&mut e, &sink.queue_stats());
+                body.push_str(&e.finish());
+            }
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -369,13 +410,17 @@ async fn ingest(
             ok()
         }
         Err(e) => {
+            // A full queue asks the sender to back off (429) so the load balancer shifts load;
+            // any other failure is the destination's (503). Either way the sender keeps its data.
+            let (status, reason) = if e.is_full() {
+                (StatusCode::TOO_MANY_REQUESTS, "queue_full")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            };
             state
                 .events
-                .batch_rejected("store_unavailable", samples, &peer, &e.to_string());
-            let mut resp = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot store batch: {e}\n"),
-            );
+                .batch_rejected(reason, samples, &peer, &e.to_string());
+            let mut resp = text(status, format!("{e}\n"));
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
             resp

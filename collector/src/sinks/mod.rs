@@ -1,0 +1,4 @@
+//! Sinks: where routed batches go. Each sink owns a durable queue ([`crate::queue`]) that the
+//! route hands batches to, and a sending side that drains it to its destination.
+
+pub mod remote_write;

@@ -1,0 +1,368 @@
+//! The sending side: [`pump`] takes units of records from the queue, splits each into shard
+//! requests sent in parallel, retries per the shared rule, and acks the unit's records once
+//! every shard is done. See the module docs of [`super`] for the ordering argument.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Request, StatusCode};
+use sonde_common::remote_write::{self, TimeSeries, WriteRequest};
+use sonde_common::retry::{Backoff, Verdict, classify_status, parse_retry_after};
+use sonde_common::wire::Batch;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{DrainOutcome, Inner, RemoteWriteSink, convert, record};
+use crate::queue::{Record, RecordId};
+
+const TENANT_HEADER: &str = "X-Scope-OrgID";
+/// How much of an error answer is kept for the log.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// A queue record, decoded.
+struct Decoded {
+    id: RecordId,
+    tenant: Option<String>,
+    batch: Batch,
+    samples: usize,
+}
+
+/// Consecutive records of one tenant, sent and acked together.
+struct Unit {
+    tenant: Option<String>,
+    ids: Vec<RecordId>,
+    batches: Vec<Batch>,
+    samples: usize,
+}
+
+impl Unit {
+    fn new(first: Decoded) -> Self {
+        Self {
+            tenant: first.tenant,
+            ids: vec![first.id],
+            batches: vec![first.batch],
+            samples: first.samples,
+        }
+    }
+
+    fn add(&mut self, d: Decoded) {
+        self.ids.push(d.id);
+        self.batches.push(d.batch);
+        self.samples += d.samples;
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Delivered,
+    Retry {
+        outcome: &'static str,
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+    Refused {
+        outcome: &'static str,
+        cause: String,
+    },
+}
+
+/// Sends until the queue is closed or `hard_stop` fires; with `until`, waits for new records
+/// while `until` is not cancelled, and once it is (or without it) stops when the queue has
+/// nothing more to hand out.
+pub(super) async fn pump(
+    sink: &RemoteWriteSink,
+    until: Option<&CancellationToken>,
+    hard_stop: &CancellationToken,
+) -> DrainOutcome {
+    let inner = &sink.inner;
+    let capacity = inner
+        .cfg
+        .max_samples_per_send
+        .saturating_mul(inner.cfg.shards);
+    let mut carry: Option<Decoded> = None;
+    let emptied = loop {
+        if hard_stop.is_cancelled() {
+            break false;
+        }
+        let first = match carry.take() {
+            Some(d) => d,
+            None => {
+                let waiting = until.filter(|t| !t.is_cancelled());
+                let record = match waiting {
+                    Some(token) => tokio::select! {
+                        biased;
+                        _ = hard_stop.cancelled() => break false,
+                        _ = token.cancelled() => continue,
+                        r = inner.queue.next() => r,
+                    },
+                    None => inner.queue.try_next().await,
+                };
+                let Some(record) = record else {
+                    // Closed while waiting, or nothing left while draining.
+                    break waiting.is_none();
+                };
+                match decode(inner, record) {
+                    Some(d) => d,
+                    None => continue,
+                }
+            }
+        };
+        let (unit, rest) = gather(inner, first, capacity).await;
+        carry = rest;
+        if !deliver(inner, unit, hard_stop).await {
+            break false;
+        }
+    };
+    DrainOutcome {
+        emptied,
+        records_left: inner.queue.stats().records,
+    }
+}
+
+fn decode(inner: &Inner, record: Record) -> Option<Decoded> {
+    match record::decode(&record.data) {
+        Ok((tenant, batch)) => Some(Decoded {
+            id: record.id,
+            tenant,
+            samples: batch.sample_count(),
+            batch,
+        }),
+        Err(e) => {
+            // Retrying cannot help; keeping it would stop the queue for good.
+            inner.stats.undecodable_records.inc();
+            tracing::error!(
+                position = %record.id.position(),
+                "dropping a remote-write queue record that cannot be decoded: {e}"
+            );
+            inner.queue.ack(record.id);
+            None
+        }
+    }
+}
+
+/// Adds the records already readable to `first`'s unit, up to `capacity` samples and while
+/// the tenant stays the same; the record that does not fit is returned for the next unit.
+async fn gather(inner: &Inner, first: Decoded, capacity: usize) -> (Unit, Option<Decoded>) {
+    let mut unit = Unit::new(first);
+    while unit.samples < capacity {
+        let Some(record) = inner.queue.try_next().await else {
+            break;
+        };
+        let Some(d) = decode(inner, record) else {
+            continue;
+        };
+        if d.tenant != unit.tenant || unit.samples + d.samples > capacity {
+            return (unit, Some(d));
+        }
+        unit.add(d);
+    }
+    (unit, None)
+}
+
+/// Sends a unit; acks its records and returns true once every shard is done, false if
+/// `hard_stop` fired first (nothing acked: it is all sent again later).
+async fn deliver(inner: &Arc<Inner>, unit: Unit, hard_stop: &CancellationToken) -> bool {
+    let mut shards: Vec<Vec<TimeSeries>> = vec![Vec::new(); inner.cfg.shards];
+    for batch in &unit.batches {
+        convert::split(batch, &mut shards);
+    }
+    let mut tasks = JoinSet::new();
+    for series in shards.into_iter().filter(|s| !s.is_empty()) {
+        let requests = convert::chunk(series, inner.cfg.max_samples_per_send);
+        let (inner, tenant, hard_stop) = (inner.clone(), unit.tenant.clone(), hard_stop.clone());
+        tasks.spawn(
+            async move { send_shard(&inner, requests, tenant.as_deref(), &hard_stop).await },
+        );
+    }
+    let mut complete = true;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(true) => {}
+            Ok(false) => complete = false,
+            Err(e) => {
+                tracing::error!("remote-write shard task failed: {e}");
+                complete = false;
+            }
+        }
+    }
+    if complete {
+        for id in unit.ids {
+            inner.queue.ack(id);
+        }
+    }
+    complete
+}
+
+/// Sends one shard's requests in order, each until it is acknowledged or refused for good.
+async fn send_shard(
+    inner: &Inner,
+    requests: Vec<WriteRequest>,
+    tenant: Option<&str>,
+    hard_stop: &CancellationToken,
+) -> bool {
+    let url = &inner.cfg.url;
+    for request in requests {
+        let samples = convert::sample_count(&request);
+        let body = Bytes::from(remote_write::encode(&request));
+        drop(request);
+        let mut backoff = Backoff::new(inner.cfg.min_backoff, inner.cfg.max_backoff);
+        loop {
+            let started = Instant::now();
+            let attempt = tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => return false,
+                a = attempt(inner, body.clone(), tenant) => a,
+            };
+            match attempt {
+                Attempt::Delivered => {
+                    inner.stats.requests.add("2xx", 1);
+                    inner.stats.sent(samples, body.len(), started.elapsed());
+                    break;
+                }
+                Attempt::Retry {
+                    outcome,
+                    cause,
+                    retry_after,
+                } => {
+                    inner.stats.requests.add(outcome, 1);
+                    inner.stats.retries.inc();
+                    let delay = backoff.next_delay(retry_after);
+                    if inner.stats.should_log() {
+                        tracing::warn!(
+                            %url,
+                            samples,
+                            attempts = backoff.attempts(),
+                            "cannot send samples to remote storage: {cause}; retrying in {delay:?}"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = hard_stop.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Attempt::Refused { outcome, cause } => {
+                    inner.stats.requests.add(outcome, 1);
+                    inner.stats.samples_dropped.add("rejected", samples as u64);
+                    if inner.stats.should_log() {
+                        tracing::warn!(
+                            %url,
+                            samples,
+                            "remote storage refused samples for good, dropping them: {cause}"
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    true
+}
+
+async fn attempt(inner: &Inner, body: Bytes, tenant: Option<&str>) -> Attempt {
+    let timeout = inner.cfg.timeout;
+    let mut req = Request::post(inner.cfg.url.clone())
+        .header(CONTENT_TYPE, remote_write::CONTENT_TYPE)
+        .header(CONTENT_ENCODING, remote_write::CONTENT_ENCODING)
+        .header(remote_write::VERSION_HEADER, remote_write::VERSION)
+        .header(USER_AGENT, &inner.user_agent);
+    if let Some(tenant) = tenant {
+        req = req.header(TENANT_HEADER, tenant);
+    }
+    let req = match req.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            return Attempt::Refused {
+                outcome: "invalid_request",
+                cause: format!("cannot build request: {e}"),
+            };
+        }
+    };
+    let resp = match tokio::time::timeout(timeout, inner.client.request(req)).await {
+        Err(_) => {
+            return Attempt::Retry {
+                outcome: "timeout",
+                cause: format!("no answer within {timeout:?}"),
+                retry_after: None,
+            };
+        }
+        Ok(Err(e)) => {
+            return Attempt::Retry {
+                outcome: "network",
+                cause: error_chain(&e),
+                retry_after: None,
+            };
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let verdict = classify_status(status.as_u16());
+    // A success's body is read to its end so the connection is reused; an error's only as far
+    // as the reason kept for the log.
+    let success = verdict == Verdict::Success;
+    let reason = match tokio::time::timeout(timeout, read_reason(resp.into_body(), success)).await {
+        Ok(text) => text,
+        Err(_) if success => String::new(),
+        Err(_) => "(no reason given in time)".to_owned(),
+    };
+    let cause = || format!("HTTP {}: {}", status.as_u16(), reason.trim());
+    match verdict {
+        Verdict::Success => Attempt::Delivered,
+        Verdict::Retry => Attempt::Retry {
+            outcome: if status == StatusCode::TOO_MANY_REQUESTS {
+                "429"
+            } else {
+                "5xx"
+            },
+            cause: cause(),
+            retry_after,
+        },
+        Verdict::Permanent => Attempt::Refused {
+            outcome: match status.as_u16() {
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "other",
+            },
+            cause: cause(),
+        },
+    }
+}
+
+/// The first [`MAX_REASON_BYTES`] of a body, as text; with `to_end`, reads (and discards)
+/// the rest too.
+async fn read_reason(mut body: hyper::body::Incoming, to_end: bool) -> String {
+    let mut out = Vec::new();
+    while to_end || out.len() < MAX_REASON_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = MAX_REASON_BYTES.saturating_sub(out.len());
+                    out.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error with its sources, e.g. "client error (Connect): tcp connect error: Connection
+/// refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
