@@ -40,10 +40,17 @@ impl Router {
     }
 
     /// Returns once the batch is durable in every destination, in `tenant`'s namespace.
-    pub async fn route(&self, tenant: &str, batch: &Batch) -> Result<AppendStats, RouteError> {
+    /// `envelope` is the batch as received, when it came as a native envelope: sinks queue it
+    /// without encoding it again.
+    pub async fn route(
+        &self,
+        tenant: &str,
+        batch: &Batch,
+        envelope: Option<&[u8]>,
+    ) -> Result<AppendStats, RouteError> {
         let tenant_opt = (!tenant.is_empty()).then_some(tenant);
         for sink in &self.sinks {
-            if let Err(cause) = sink.enqueue(batch, tenant_opt).await {
+            if let Err(cause) = sink.enqueue_with(batch, envelope, tenant_opt).await {
                 let url = sink.url().to_string();
                 return Err(if cause.is_full() {
                     RouteError::Full { url, cause }

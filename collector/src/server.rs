@@ -399,7 +399,12 @@ async fn ingest(
     if let Err(e) = ingest::validate::validate(&batch, cfg, sonde_common::model::now_ms()) {
         return reject(e, samples);
     }
-    match state.router.route(&principal.tenant, &batch).await {
+    let envelope = (protocol == Protocol::Native).then_some(&bytes[..]);
+    match state
+        .router
+        .route(&principal.tenant, &batch, envelope)
+        .await
+    {
         Ok(stats) => {
             if let Some(key) = dedup_key {
                 state.dedup.remember(key);

@@ -51,10 +51,14 @@ pub enum RemoteWriteError {
 
 /// Serializes and snappy-compresses a write request.
 pub fn encode(req: &WriteRequest) -> Vec<u8> {
-    let raw = prost::Message::encode_to_vec(req);
-    // Compressing a Vec in memory cannot fail except for inputs over 4 GiB.
+    compress(&prost::Message::encode_to_vec(req))
+}
+
+/// Snappy-compresses (block format) an already serialized write request.
+pub fn compress(raw: &[u8]) -> Vec<u8> {
+    // Compressing a slice in memory cannot fail except for inputs over 4 GiB.
     snap::raw::Encoder::new()
-        .compress_vec(&raw)
+        .compress_vec(raw)
         .unwrap_or_default()
 }
 

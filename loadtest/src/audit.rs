@@ -29,6 +29,9 @@ pub struct AuditReport {
     pub examples: Vec<String>,
     /// Query errors (each makes its host's samples count as lost).
     pub query_errors: u64,
+    /// (series, timestamp) pairs one storage returned more than once (must be 0 where the
+    /// storage de-duplicates).
+    pub duplicate_samples: u64,
 }
 
 /// Canonical identity of a series as the query API shows it.
@@ -70,7 +73,7 @@ async fn fetch(
     host: &str,
     at_ms: i64,
     range_s: u64,
-) -> Result<Stored, String> {
+) -> Result<(Stored, u64), String> {
     let query = format!("{{host=\"{host}\"}}[{range_s}s]");
     let url = format!(
         "{}/api/v1/query?query={}&time={:.3}",
@@ -98,6 +101,7 @@ async fn fetch(
     }
     let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
     let mut out = Stored::new();
+    let mut duplicates = 0;
     for series in v["data"]["result"].as_array().into_iter().flatten() {
         let Some(metric) = series["metric"].as_object() else {
             continue;
@@ -109,10 +113,12 @@ async fn fetch(
                 .as_str()
                 .and_then(|s| s.parse::<f64>().ok())
                 .unwrap_or(f64::NAN);
-            entry.insert(ts, value);
+            if entry.insert(ts, value).is_some() {
+                duplicates += 1;
+            }
         }
     }
-    Ok(out)
+    Ok((out, duplicates))
 }
 
 /// Audits `acked` against the storages behind `query_urls` (Prometheus query API base URLs).
@@ -142,9 +148,11 @@ pub async fn audit(
                 let h = &hosts[host as usize];
                 let mut stored = Stored::new();
                 let mut errors = 0;
+                let mut duplicate_samples = 0;
                 for base in &urls {
                     match fetch(&client, base, &h.name, at_ms, range_s).await {
-                        Ok(part) => {
+                        Ok((part, dups)) => {
+                            duplicate_samples += dups;
                             for (k, points) in part {
                                 stored.entry(k).or_default().extend(points);
                             }
@@ -157,6 +165,7 @@ pub async fn audit(
                 }
                 let mut r = AuditReport {
                     query_errors: errors,
+                    duplicate_samples,
                     ..AuditReport::default()
                 };
                 for ack in acks {
@@ -193,6 +202,7 @@ pub async fn audit(
             report.lost_samples += r.lost_samples;
             report.wrong_values += r.wrong_values;
             report.query_errors += r.query_errors;
+            report.duplicate_samples += r.duplicate_samples;
             for e in r.examples {
                 if report.examples.len() < 5 {
                     report.examples.push(e);

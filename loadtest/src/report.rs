@@ -167,8 +167,12 @@ impl Report {
             Some(a) => {
                 let _ = writeln!(
                     s,
-                    "audit: {} acknowledged samples checked, {} lost, {} wrong values, {} query errors",
-                    a.checked_samples, a.lost_samples, a.wrong_values, a.query_errors
+                    "audit: {} acknowledged samples checked, {} lost, {} wrong values, {} returned twice, {} query errors",
+                    a.checked_samples,
+                    a.lost_samples,
+                    a.wrong_values,
+                    a.duplicate_samples,
+                    a.query_errors
                 );
                 for e in &a.examples {
                     let _ = writeln!(s, "  missing: {e}");

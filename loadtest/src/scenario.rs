@@ -7,6 +7,10 @@
 //! - `fleet`: haproxy in front of 1, 2 and 3 collectors, closed loop, throughput per count.
 //! - `outage`: a collector killed with SIGKILL mid-run and restarted; nothing acknowledged may
 //!   be lost.
+//! - `fleet-outage`: haproxy in front of three collectors forwarding by remote write to
+//!   VictoriaMetrics (de-duplication on); one collector is killed with SIGKILL and restarted,
+//!   and VictoriaMetrics is stopped for a while and restarted; every acknowledged sample must
+//!   be in VictoriaMetrics, each (series, timestamp) once.
 
 use anyhow::bail;
 use serde::Serialize;
@@ -205,7 +209,8 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
         "peer" => peer(&plan).await?,
         "fleet" => fleet(&plan).await?,
         "outage" => outage(&plan).await?,
-        other => bail!("unknown scenario '{other}': baseline, peer, fleet or outage"),
+        "fleet-outage" => fleet_outage(&plan).await?,
+        other => bail!("unknown scenario '{other}': baseline, peer, fleet, outage or fleet-outage"),
     };
     let lost = reports.iter().map(|r| r.lost).sum();
     let result = ScenarioResult {
@@ -370,5 +375,120 @@ async fn outage(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)>
         .await?;
     killer.await?;
     let summary = serde_json::json!({"killed_after_s": kill_after.as_secs_f64(), "down_for_s": down_for.as_secs_f64(), "retries": r.retries, "lost": r.lost});
+    Ok((vec![r], summary))
+}
+
+/// Reads one value from a collector's /metrics (0 if absent).
+async fn collector_metric(port: u16, name: &str) -> f64 {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let Ok(uri) = format!("http://127.0.0.1:{port}/metrics").parse::<hyper::Uri>() else {
+        return 0.0;
+    };
+    let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await else {
+        return 0.0;
+    };
+    let Ok(body) = resp.into_body().collect().await else {
+        return 0.0;
+    };
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn fleet_outage(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
+    let vm = Arc::new(std::sync::Mutex::new(
+        procs::victoria_metrics_with(&["-dedup.minScrapeInterval=1ms"]).await?,
+    ));
+    let vm_port = vm.lock().unwrap_or_else(|e| e.into_inner()).port;
+    let remote = vec![
+        "--remote-write".to_string(),
+        format!("http://127.0.0.1:{vm_port}/api/v1/write"),
+        "--drain-timeout".into(),
+        "5s".into(),
+    ];
+    let mut collectors = Vec::new();
+    for i in 0..3 {
+        collectors.push(procs::collector_with(&format!("sonde-collector-{i}"), &remote).await?);
+    }
+    let ports: Vec<u16> = collectors.iter().map(|c| c.port).collect();
+    let lb = procs::haproxy(&ports).await?;
+    let victim = Arc::new(std::sync::Mutex::new(collectors.remove(1)));
+    let d = plan.duration;
+    let chaos = {
+        let (victim, vm) = (victim.clone(), vm.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(d / 5).await;
+            eprintln!("fleet-outage: SIGKILL to collector 1");
+            victim.lock().unwrap_or_else(|e| e.into_inner()).kill9();
+            tokio::time::sleep(d / 5).await;
+            let restarted = victim.lock().unwrap_or_else(|e| e.into_inner()).start();
+            eprintln!("fleet-outage: collector 1 restarted ({restarted:?})");
+            tokio::time::sleep(d / 10).await;
+            eprintln!("fleet-outage: stopping VictoriaMetrics");
+            vm.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop(Duration::from_secs(20));
+            tokio::time::sleep(d / 5).await;
+            let restarted = vm.lock().unwrap_or_else(|e| e.into_inner()).start();
+            eprintln!("fleet-outage: VictoriaMetrics restarted ({restarted:?})");
+        })
+    };
+    let cfg = plan.drive_config(
+        format!("http://127.0.0.1:{}/api/v1/push", lb.port),
+        Protocol::Native,
+        Mode::Open,
+    )?;
+    let hosts = plan.hosts.clone();
+    let target = cfg.target.to_string();
+    let result = drive(cfg, hosts.clone()).await;
+    chaos.await?;
+    // Every collector delivers what its disk queue holds (the restarted one included).
+    let all_ports: Vec<u16> = ports.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut pending = 0.0;
+        for p in &all_ports {
+            pending += collector_metric(*p, "sonde_collector_remote_write_queue_records").await;
+        }
+        if pending == 0.0 || std::time::Instant::now() > deadline {
+            eprintln!("fleet-outage: queues drained ({pending} records left)");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    http_get(&format!("http://127.0.0.1:{vm_port}/internal/force_flush")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let range_s = (result.elapsed.as_secs() + 120).max(180);
+    let audit = audit(
+        &[format!("http://127.0.0.1:{vm_port}")],
+        hosts,
+        &result.acked,
+        sonde_common::model::now_ms() + 1000,
+        range_s,
+    )
+    .await;
+    let mut usage: Vec<ProcessUsage> = collectors.iter().map(|c| c.usage()).collect();
+    usage.push(victim.lock().unwrap_or_else(|e| e.into_inner()).usage());
+    let r = Report::new(
+        "fleet-outage",
+        &target,
+        Protocol::Native,
+        Mode::Open,
+        plan.hosts.len(),
+        plan.series_per_host,
+        plan.interval.as_secs_f64(),
+        &result,
+        Some(audit),
+        usage,
+    );
+    eprintln!("\n{}", r.text());
+    report::write_all(&r, &plan.args.out, "fleet-outage")?;
+    let dups = r.audit.as_ref().map(|a| a.duplicate_samples).unwrap_or(0);
+    let summary = serde_json::json!({"retries": r.retries, "lost": r.lost, "duplicate_samples": dups, "statuses": r.statuses});
+    drop(lb);
     Ok((vec![r], summary))
 }

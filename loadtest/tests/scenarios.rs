@@ -102,3 +102,15 @@ fn outage_loses_nothing_acknowledged() {
     );
     assert_eq!(r["failed"], 0);
 }
+
+#[test]
+fn fleet_outage_loses_nothing_and_stores_each_sample_once() {
+    let v = scenario("fleet-outage", &["--duration", "12s"]);
+    let r = &v["reports"][0];
+    assert_eq!(
+        r["audit"]["duplicate_samples"], 0,
+        "VictoriaMetrics (dedup on) returns each (series, timestamp) once"
+    );
+    assert_eq!(r["failed"], 0);
+    assert_eq!(r["servers"].as_array().unwrap().len(), 3);
+}

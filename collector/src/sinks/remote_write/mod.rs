@@ -188,11 +188,24 @@ impl RemoteWriteSink {
     /// Stores a validated batch for sending, for `tenant` (sent as `X-Scope-OrgID`). Returns
     /// once it is durable in the queue; [`SinkError::is_full`] says to answer 429/503.
     pub async fn enqueue(&self, batch: &Batch, tenant: Option<&str>) -> Result<(), SinkError> {
+        self.enqueue_with(batch, None, tenant).await
+    }
+
+    /// [`RemoteWriteSink::enqueue`] with the batch's envelope as received (`envelope` must
+    /// decode to `batch`), which is queued as is instead of being encoded again.
+    pub async fn enqueue_with(
+        &self,
+        batch: &Batch,
+        envelope: Option<&[u8]>,
+        tenant: Option<&str>,
+    ) -> Result<(), SinkError> {
         let stats = &self.inner.stats;
         let bytes = match tenant
             .map_or(Ok(()), record::validate_tenant)
-            .and_then(|()| record::encode(batch, tenant))
-        {
+            .and_then(|()| match envelope {
+                Some(e) => record::encode_envelope(e, tenant),
+                None => record::encode(batch, tenant),
+            }) {
             Ok(b) => b,
             Err(e) => {
                 stats.enqueue_refused.add("error", 1);

@@ -56,6 +56,12 @@ pub(crate) fn validate_tenant(tenant: &str) -> Result<(), SinkError> {
 /// Encodes a batch and its (already validated) tenant as a queue record.
 pub(crate) fn encode(batch: &Batch, tenant: Option<&str>) -> Result<Bytes, SinkError> {
     let envelope = wire::encode(batch, Compression::Zstd)?;
+    encode_envelope(&envelope, tenant)
+}
+
+/// A queue record around an envelope that is already encoded (a native push's body, validated:
+/// storing it as is saves re-encoding every batch).
+pub(crate) fn encode_envelope(envelope: &[u8], tenant: Option<&str>) -> Result<Bytes, SinkError> {
     let tenant = tenant.unwrap_or_default().as_bytes();
     let tenant_len = u8::try_from(tenant.len()).map_err(|_| SinkError::BadTenant {
         tenant: String::from_utf8_lossy(tenant.get(..64).unwrap_or(tenant)).into_owned(),
@@ -65,7 +71,7 @@ pub(crate) fn encode(batch: &Batch, tenant: Option<&str>) -> Result<Bytes, SinkE
     out.push(VERSION);
     out.push(tenant_len);
     out.extend_from_slice(tenant);
-    out.extend_from_slice(&envelope);
+    out.extend_from_slice(envelope);
     Ok(Bytes::from(out))
 }
 

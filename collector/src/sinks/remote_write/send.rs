@@ -6,9 +6,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode};
-use sonde_common::remote_write::{self, TimeSeries, WriteRequest};
+use sonde_common::remote_write;
 use sonde_common::retry::{Backoff, Verdict, classify_status, parse_retry_after};
 use sonde_common::wire::Batch;
+use sonde_common::wire::SeriesView;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -165,13 +166,16 @@ async fn gather(inner: &Inner, first: Decoded, capacity: usize) -> (Unit, Option
 /// Sends a unit; acks its records and returns true once every shard is done, false if
 /// `hard_stop` fired first (nothing acked: it is all sent again later).
 async fn deliver(inner: &Arc<Inner>, unit: Unit, hard_stop: &CancellationToken) -> bool {
-    let mut shards: Vec<Vec<TimeSeries>> = vec![Vec::new(); inner.cfg.shards];
+    let n = inner.cfg.shards.max(1);
+    let mut shards: Vec<Vec<SeriesView<'_>>> = vec![Vec::new(); n];
     for batch in &unit.batches {
-        convert::split(batch, &mut shards);
+        for view in batch.iter().filter(|v| !v.samples().is_empty()) {
+            shards[convert::shard_of(&view, n)].push(view);
+        }
     }
     let mut tasks = JoinSet::new();
-    for series in shards.into_iter().filter(|s| !s.is_empty()) {
-        let requests = convert::chunk(series, inner.cfg.max_samples_per_send);
+    for views in shards.into_iter().filter(|s| !s.is_empty()) {
+        let requests = convert::encode_shard(&views, inner.cfg.max_samples_per_send);
         let (inner, tenant, hard_stop) = (inner.clone(), unit.tenant.clone(), hard_stop.clone());
         tasks.spawn(
             async move { send_shard(&inner, requests, tenant.as_deref(), &hard_stop).await },
@@ -199,15 +203,14 @@ async fn deliver(inner: &Arc<Inner>, unit: Unit, hard_stop: &CancellationToken) 
 /// Sends one shard's requests in order, each until it is acknowledged or refused for good.
 async fn send_shard(
     inner: &Inner,
-    requests: Vec<WriteRequest>,
+    requests: Vec<(Vec<u8>, usize)>,
     tenant: Option<&str>,
     hard_stop: &CancellationToken,
 ) -> bool {
     let url = &inner.cfg.url;
-    for request in requests {
-        let samples = convert::sample_count(&request);
-        let body = Bytes::from(remote_write::encode(&request));
-        drop(request);
+    for (raw, samples) in requests {
+        let body = Bytes::from(remote_write::compress(&raw));
+        drop(raw);
         let mut backoff = Backoff::new(inner.cfg.min_backoff, inner.cfg.max_backoff);
         loop {
             let started = Instant::now();
