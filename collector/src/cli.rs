@@ -37,6 +37,12 @@ pub struct Cli {
     #[arg(long, env = "SONDE_QUEUE_MAX_BYTES", default_value_t = 1 << 30)]
     pub queue_max_bytes: u64,
 
+    /// When remote-write disk queues fsync: `always` (a 200 means fsynced: survives a power
+    /// loss), or a duration such as `1s` (a 200 means written: survives a crash of the
+    /// collector, and a power loss loses at most that window), or `never`.
+    #[arg(long, env = "SONDE_QUEUE_FSYNC", default_value = "always")]
+    pub queue_fsync: String,
+
     /// Bearer tokens, one per line: `TOKEN TENANT SCOPES` (scopes: write, read, admin,
     /// comma-separated). Every endpoint but /healthz and /readyz then needs a token with the
     /// right scope, and each tenant sees only its own data. Re-read on change and on SIGHUP.

@@ -46,6 +46,7 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     pub remote_write: Vec<hyper::Uri>,
     pub queue_max_bytes: u64,
+    pub queue_fsync: crate::queue::FsyncPolicy,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
@@ -119,6 +120,11 @@ impl TryFrom<Cli> for Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             queue_max_bytes: cli.queue_max_bytes,
+            queue_fsync: match cli.queue_fsync.trim() {
+                "always" => crate::queue::FsyncPolicy::Always,
+                "never" => crate::queue::FsyncPolicy::Never,
+                other => crate::queue::FsyncPolicy::Interval(duration("queue-fsync", other)?),
+            },
             tls: match (cli.tls_cert, cli.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsConfig {
                     cert,
@@ -160,6 +166,28 @@ mod tests {
         let err = parse(&["--listen", "0.0.0.0:9470"]).unwrap_err();
         assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
         assert!(parse(&["--listen", "0.0.0.0:9470", "--insecure-no-auth"]).is_ok());
+    }
+
+    #[test]
+    fn queue_fsync_policies() {
+        use crate::queue::FsyncPolicy;
+        assert!(matches!(
+            parse(&[]).unwrap().queue_fsync,
+            FsyncPolicy::Always
+        ));
+        assert!(
+            matches!(parse(&["--queue-fsync", "1s"]).unwrap().queue_fsync, FsyncPolicy::Interval(d) if d == Duration::from_secs(1))
+        );
+        assert!(matches!(
+            parse(&["--queue-fsync", "never"]).unwrap().queue_fsync,
+            FsyncPolicy::Never
+        ));
+        assert!(
+            parse(&["--queue-fsync", "sometimes"])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--queue-fsync")
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub async fn run(
         );
         cfg.drain_timeout = config.drain_timeout;
         cfg.queue.max_bytes = config.queue_max_bytes;
+        cfg.queue.fsync = config.queue_fsync;
         let (sink, report) = tokio::task::spawn_blocking(move || RemoteWriteSink::open(cfg))
             .await?
             .map_err(RunError::Sink)?;
