@@ -16,7 +16,7 @@ What is checked (every render):
   fallbacks or the documented future ones, which today's binaries ignore;
 - collector-binary pods: /readyz readiness and /healthz liveness on the listen port, a preStop
   `sleep` (the image has no shell), terminationGracePeriodSeconds >= preStop sleep +
-  --drain-timeout + 5 s, --insecure-no-auth when listening beyond loopback, the data dir on an
+  --drain-timeout + 5 s, a token file (or --insecure-no-auth) when listening beyond loopback, the data dir on an
   emptyDir with a sizeLimit or on a PersistentVolumeClaim;
 - the agent DaemonSet: host /proc and /sys mounted read-only, --proc-path on the /proc mount,
   tolerates every taint, host network with ClusterFirstWithHostNet, /healthz probes on the
@@ -58,10 +58,8 @@ CLUSTER_SCOPED = {
 # Variables for flags that later issues add. Today's binaries ignore them (clap reads only the
 # variables of flags it has), so they can be set now without the binary rejecting anything.
 FUTURE_ENV = {
-    "agent": {"SONDE_STATSD_LISTEN": "--statsd-listen"},
+    "agent": {},
     "collector": {
-        "SONDE_TOKEN_FILE": "--token-file",
-        "SONDE_REMOTE_WRITE": "--remote-write",
         "SONDE_RULES_DIR": "--rules-dir",
         "SONDE_QUERY_URL": "--query-url",
         "SONDE_ALERT_CONFIG": "--alert-config",
@@ -536,7 +534,7 @@ def check_collector(render, doc, pod, c, where, bad):
     has_tokens = "token-file" in FLAGS["collector"] and s.get("token-file")[0] is not None
     if not loopback and s.get("insecure-no-auth")[0] is None and not has_tokens:
         bad(where, f"--listen {listen} is not loopback: the collector refuses to start without "
-                   "--insecure-no-auth (or a token file, once it has --token-file)")
+                   "--token-file (or --insecure-no-auth)")
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = (c.get(probe) or {}).get("httpGet") or {}
         if get.get("path") != path or port_number(c, get.get("port")) != port:
@@ -1052,10 +1050,11 @@ MUTATIONS = [
     ("a misspelt SONDE_ variable",
      mutate_container("Deployment", "sonde-collector", set_env("SONDE_DRAIN_TIMOUT", "25s")),
      "SONDE_DRAIN_TIMOUT is neither"),
-    ("non-loopback listen without --insecure-no-auth",
+    ("non-loopback listen without a token file (or --insecure-no-auth)",
      mutate_container("Deployment", "sonde-collector",
-                      lambda c: c.update(args=[a for a in c["args"] if a != "--insecure-no-auth"])),
-     "refuses to start without --insecure-no-auth"),
+                      lambda c: c.update(args=[a for a in c["args"] if a != "--insecure-no-auth"],
+                                         env=[e for e in c.get("env", []) if e.get("name") != "SONDE_TOKEN_FILE"])),
+     "refuses to start without --token-file"),
     ("agent pushing to a Service that is not there",
      mutate_container("DaemonSet", "sonde-agent", set_env("SONDE_COLLECTOR", "http://sonde-nowhere.sonde.svc:9470")),
      "Service sonde-nowhere in sonde is not in the render"),
