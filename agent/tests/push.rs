@@ -91,7 +91,10 @@ async fn deliver(cfg: PushConfig, batches: &[u64]) -> Arc<Events> {
     let drain = CancellationToken::new();
     drain.cancel(); // return as soon as the buffer is empty
     let hard_stop = CancellationToken::new();
-    let run = Pusher::new(cfg, events.clone()).unwrap().run(buffer.clone(), drain, hard_stop.clone());
+    let run =
+        Pusher::new(cfg, events.clone())
+            .unwrap()
+            .run(buffer.clone(), drain, hard_stop.clone());
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("pusher finished");

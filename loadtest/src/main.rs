@@ -3,6 +3,7 @@
 //! the processes they need on 127.0.0.1 (`scenario`); and `demo`, a collector plus an agent on
 //! this host.
 
+mod agentbench;
 mod audit;
 mod demo;
 mod drive;
@@ -39,6 +40,8 @@ enum Command {
     Scenario(scenario::ScenarioArgs),
     /// Run a collector (embedded store) and an agent on this host, until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Measure the agent beside its peers: footprint or statsd.
+    AgentBench(agentbench::AgentBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,6 +211,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             runtime.block_on(demo::run(args))?;
+            true
+        }
+        Command::AgentBench(args) => {
+            runtime.block_on(agentbench::run(args))?;
             true
         }
     };

@@ -104,7 +104,8 @@ impl Server {
         Ok(s)
     }
 
-    fn start(&mut self) -> anyhow::Result<()> {
+    /// Starts the command (again): same program, arguments, port and data directory.
+    pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::env::var_os("SONDE_LOADTEST_SERVER_LOGS").is_some();
         let child = Command::new(&self.program)
             .args(&self.args)
@@ -230,9 +231,14 @@ async fn probe(port: u16, path: &str) -> bool {
 
 /// Our collector with its embedded store in a temporary directory.
 pub async fn collector(name: &str) -> anyhow::Result<Server> {
+    collector_with(name, &[]).await
+}
+
+/// Our collector with extra flags (e.g. `--remote-write URL`), data in a temporary directory.
+pub async fn collector_with(name: &str, extra: &[String]) -> anyhow::Result<Server> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
-    let args = vec![
+    let mut args: Vec<String> = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--data-dir".into(),
@@ -240,6 +246,7 @@ pub async fn collector(name: &str) -> anyhow::Result<Server> {
         "--log".into(),
         "warn".into(),
     ];
+    args.extend(extra.iter().cloned());
     let mut s = Server::spawn(name, port, sibling("sonde-collector")?, args, Some(dir))?;
     s.wait_ready("/readyz", Duration::from_secs(30)).await?;
     Ok(s)
@@ -247,6 +254,11 @@ pub async fn collector(name: &str) -> anyhow::Result<Server> {
 
 /// VictoriaMetrics single-node from Debian's archive, data in a temporary directory.
 pub async fn victoria_metrics() -> anyhow::Result<Server> {
+    victoria_metrics_with(&[]).await
+}
+
+/// VictoriaMetrics with extra flags (e.g. `-dedup.minScrapeInterval=1ms`).
+pub async fn victoria_metrics_with(extra: &[&str]) -> anyhow::Result<Server> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
     let args = vec![
@@ -256,6 +268,8 @@ pub async fn victoria_metrics() -> anyhow::Result<Server> {
         "-search.latencyOffset=0s".into(),
         "-loggerLevel=ERROR".into(),
     ];
+    let mut args = args;
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut s = Server::spawn(
         "victoria-metrics",
         port,
@@ -295,4 +309,85 @@ pub async fn haproxy(backends: &[u16]) -> anyhow::Result<Server> {
     )?;
     s.wait_ready("", Duration::from_secs(15)).await?;
     Ok(s)
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `program` with `args` as a [`Server`] named `name`, answering on `port` (for
+/// [`Server::wait_ready`]); it keeps `dir` (if any) alive and is stopped by its PID when
+/// dropped.
+pub fn spawn_server(
+    name: &str,
+    port: u16,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: Option<tempfile::TempDir>,
+) -> anyhow::Result<Server> {
+    Server::spawn(name, port, program, args, dir)
+}
+
+/// One reading of a live process from /proc: CPU time (utime + stime, all threads), resident
+/// memory (VmRSS) and peak resident memory (VmHWM).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub hwm_bytes: u64,
+}
+
+/// Reads [`ProcSample`] for `pid`; `None` once the process is gone.
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let (cpu_seconds, _) = usage(pid);
+    Some(ProcSample {
+        cpu_seconds,
+        rss_bytes: kib("VmRSS:"),
+        hwm_bytes: kib("VmHWM:"),
+    })
+}
+
+/// The kernel's drop count (the `drops` column of /proc/net/udp) summed over the IPv4 UDP
+/// sockets bound to local port `port`; `None` when no such socket exists.
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let want = format!(":{port:04X}");
+    let mut found = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 13 && f[1].ends_with(&want) {
+            *found.get_or_insert(0) += f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    found
+}
+
+/// Time on CPU, in nanoseconds, of each live thread of `pid` (the first field of
+/// `/proc/<pid>/task/<tid>/schedstat`), as (thread id, nanoseconds). Unlike utime + stime in
+/// `/proc/<pid>/stat`, which count whole clock ticks (10 ms at 100 Hz), this is exact enough to
+/// measure a process that works for a millisecond per second; but a thread's time leaves it
+/// when the thread exits, so callers sample it often.
+pub fn thread_cpu_ns(pid: u32) -> Vec<(u32, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+        Some((tid, s.split_whitespace().next()?.parse().ok()?))
+    })
+    .collect()
 }

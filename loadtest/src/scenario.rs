@@ -252,23 +252,38 @@ async fn peer(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
             &|| usage_of(&[&vm]),
         )
         .await?;
-    let ratio = match (
-        sonde.server_cpu_us_per_sample,
-        vm_report.server_cpu_us_per_sample,
-    ) {
+    // The stateless tier: a collector that only decodes, validates and forwards by remote write
+    // to another VictoriaMetrics. Its CPU alone is measured; the audit reads that storage.
+    let vm2 = procs::victoria_metrics().await?;
+    let fwd = procs::collector_with(
+        "sonde-collector-forward",
+        &[
+            "--remote-write".into(),
+            format!("http://127.0.0.1:{}/api/v1/write", vm2.port),
+        ],
+    )
+    .await?;
+    let forward = plan.forward_phase("peer-sonde-forward", &fwd, &vm2).await?;
+    let per_sample = |r: &Report| r.server_cpu_us_per_sample;
+    let ratio_of = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    let ratio = ratio_of(per_sample(&sonde), per_sample(&vm_report));
+    let forward_ratio = ratio_of(per_sample(&forward), per_sample(&vm_report));
     let summary = serde_json::json!({
         "sonde_cpu_us_per_sample": sonde.server_cpu_us_per_sample,
         "victoriametrics_cpu_us_per_sample": vm_report.server_cpu_us_per_sample,
         "cpu_ratio_sonde_to_victoriametrics": ratio,
+        "sonde_forward_cpu_us_per_sample": forward.server_cpu_us_per_sample,
+        "cpu_ratio_forward_to_victoriametrics": forward_ratio,
+        "sonde_forward_p99_ms": forward.latency.p99_ms,
         "sonde_p99_ms": sonde.latency.p99_ms,
         "victoriametrics_p99_ms": vm_report.latency.p99_ms,
         "sonde_peak_rss_bytes": sonde.servers.first().map(|s| s.peak_rss_bytes),
         "victoriametrics_peak_rss_bytes": vm_report.servers.first().map(|s| s.peak_rss_bytes),
     });
-    Ok((vec![sonde, vm_report], summary))
+    Ok((vec![sonde, vm_report, forward], summary))
 }
 
 async fn http_get(url: &str) {
@@ -491,4 +506,60 @@ async fn fleet_outage(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::V
     let summary = serde_json::json!({"retries": r.retries, "lost": r.lost, "duplicate_samples": dups, "statuses": r.statuses});
     drop(lb);
     Ok((vec![r], summary))
+}
+
+impl Plan {
+    /// A phase against a forwarding collector: drive it, wait until its remote-write queue is
+    /// empty, flush the storage behind it, audit that storage, and measure the collector alone.
+    async fn forward_phase(
+        &self,
+        name: &str,
+        collector: &Server,
+        storage: &Server,
+    ) -> anyhow::Result<Report> {
+        let cfg = self.drive_config(native_url(collector), Protocol::Native, Mode::Open)?;
+        let target = cfg.target.to_string();
+        let before = collector.usage();
+        let result = drive(cfg, self.hosts.clone()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while collector_metric(collector.port, "sonde_collector_remote_write_queue_records").await
+            > 0.0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // CPU up to the moment everything was forwarded: the sending is part of the cost.
+        let mut usage = collector.usage();
+        usage.cpu_seconds -= before.cpu_seconds;
+        http_get(&format!(
+            "http://127.0.0.1:{}/internal/force_flush",
+            storage.port
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let range_s = (result.elapsed.as_secs() + 120).max(180);
+        let audit = audit(
+            &[query_url(storage)],
+            self.hosts.clone(),
+            &result.acked,
+            sonde_common::model::now_ms() + 1000,
+            range_s,
+        )
+        .await;
+        let r = Report::new(
+            name,
+            &target,
+            Protocol::Native,
+            Mode::Open,
+            self.hosts.len(),
+            self.series_per_host,
+            self.interval.as_secs_f64(),
+            &result,
+            Some(audit),
+            vec![usage],
+        );
+        eprintln!("\n{}", r.text());
+        report::write_all(&r, &self.args.out, name)?;
+        Ok(r)
+    }
 }
