@@ -16,9 +16,9 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::try_from(cli)?;
-    // Two worker threads are plenty for an agent; keep its footprint small.
+    // One worker thread is plenty (StatsD reads on threads of its own); keep the footprint small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .max_blocking_threads(4)
         .enable_all()
         .build()

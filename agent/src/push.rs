@@ -53,7 +53,8 @@ impl Pusher {
         connector.set_connect_timeout(Some(cfg.timeout));
         // HttpConnector refuses https:// unless told; the TLS layer above handles it.
         connector.enforce_http(false);
-        let connector = crate::tls::connector(&cfg.tls, connector)?;
+        let https = cfg.urls.iter().any(|u| u.scheme_str() == Some("https"));
+        let connector = crate::tls::connector(&cfg.tls, https, connector)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);

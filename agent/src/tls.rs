@@ -47,6 +47,7 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// An HTTP connector that also speaks HTTPS as configured.
 pub fn connector(
     cfg: &TlsConfig,
+    https_needed: bool,
     http: HttpConnector,
 ) -> Result<HttpsConnector<HttpConnector>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -62,6 +63,19 @@ pub fn connector(
         _ => None,
     };
     let builder = match &cfg.ca {
+        // Plain http:// collectors only: no trust store to load (the system's roots cost the
+        // agent several hundred KiB of memory for nothing).
+        None if !https_needed && client_auth.is_none() => {
+            let config = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            return Ok(HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http));
+        }
         None if client_auth.is_none() => {
             return Ok(HttpsConnectorBuilder::new()
                 .with_provider_and_native_roots(provider)

@@ -100,6 +100,8 @@ struct Ratios {
     rate: Option<f64>,
     /// Sonde lost nothing at any rate tried: its limit, and so the ratio, is higher.
     rate_is_lower_bound: bool,
+    /// The same with each daemon's highest rate whose total was exact (no loss at all).
+    rate_exact: Option<f64>,
     /// Sonde's peak RSS over statsd's (target: at most 0.25).
     peak_rss: Option<f64>,
     rate_at_least_10x: Option<bool>,
@@ -129,6 +131,7 @@ fn ratios(sonde: Option<&DaemonResult>, statsd: Option<&DaemonResult>) -> Ratios
     ratios_of(sonde, statsd).unwrap_or(Ratios {
         rate: None,
         rate_is_lower_bound: false,
+        rate_exact: None,
         peak_rss: None,
         rate_at_least_10x: None,
         peak_rss_at_most_a_quarter: None,
@@ -147,6 +150,7 @@ fn ratios_of(sonde: Option<&DaemonResult>, statsd: Option<&DaemonResult>) -> Opt
     Some(Ratios {
         rate,
         rate_is_lower_bound: lower_bound,
+        rate_exact: (e.max_rate_exact > 0.0).then(|| s.max_rate_exact / e.max_rate_exact),
         peak_rss: rss,
         rate_at_least_10x: rate.filter(|_| rate_known).and_then(|r| {
             if r >= 10.0 {
@@ -749,6 +753,16 @@ fn text(r: &StatsdBench) -> String {
         },
         f(r.ratios.rate),
         verdict(r.ratios.rate_at_least_10x)
+    );
+    let _ = writeln!(
+        s,
+        "        (highest rates with exact totals: ratio {}{})",
+        if r.ratios.rate_is_lower_bound {
+            ">= "
+        } else {
+            ""
+        },
+        f(r.ratios.rate_exact)
     );
     let _ = writeln!(
         s,
