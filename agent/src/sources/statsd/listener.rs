@@ -19,6 +19,11 @@ use super::parser::{self, BadLine, Line};
 use crate::aggregate::{Aggregator, Refused};
 use crate::events::Events;
 
+/// How long a reading thread blocks before checking whether it should stop: the longest a
+/// shutdown waits for it, and its only wake-up while no packet comes (an idle agent should
+/// cost next to nothing).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct StatsdConfig {
     pub udp: Option<SocketAddr>,
@@ -48,7 +53,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Stops the threads (they notice within their 100 ms read timeout) and waits for them.
+    /// Stops the threads (they notice within their read timeout, [`IDLE_WAKE`]) and waits for them.
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
@@ -100,7 +105,7 @@ pub fn start(
         }
         recv_buffer = rustix::net::sockopt::socket_recv_buffer_size(&socket).unwrap_or(0);
         socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
+            .set_read_timeout(Some(IDLE_WAKE))
             .map_err(|cause| ListenError::Udp { addr, cause })?;
         local_udp = socket.local_addr().ok();
         tracing::info!(listen = ?local_udp, recv_buffer, "StatsD listening on UDP");
@@ -149,7 +154,7 @@ fn bind_unix(path: &Path) -> io::Result<UnixDatagram> {
         }
     }
     let s = UnixDatagram::bind(path)?;
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    s.set_read_timeout(Some(IDLE_WAKE))?;
     Ok(s)
 }
 
