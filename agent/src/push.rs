@@ -14,7 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sonde_common::retry::{Backoff, Verdict, classify_status, parse_retry_after};
+use sonde_common::retry::{Backoff, Verdict, classify_status, error_chain, parse_retry_after};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -197,16 +197,4 @@ impl Pusher {
             self.events.spool_bytes.set(spooled_bytes as f64);
         }
     }
-}
-
-/// An error with its sources, e.g. "client error (Connect): tcp connect error: Connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

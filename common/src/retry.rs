@@ -29,6 +29,19 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// An error with its sources, for log lines: "client error (Connect): tcp connect error:
+/// Connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 /// Capped exponential backoff with full jitter: the n-th delay is uniform in
 /// `[0, min(max, initial * 2^n)]`, but never shorter than a server's `Retry-After` (itself
 /// capped at `max`, so a hostile server cannot park a sender forever).

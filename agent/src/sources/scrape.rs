@@ -21,6 +21,7 @@
 //! Parsing runs on the calling task: about 1 ms per 100-170 KB of exposition in a release build
 //! (0.35 ms for node_exporter's 58 KB; so up to ~150 ms for a body at the 16 MiB limit).
 
+use sonde_common::retry::error_chain;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -219,17 +220,6 @@ impl Scraper {
             labels.into_iter().map(|l| (l.name, l.value)),
         )
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

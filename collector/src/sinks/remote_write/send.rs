@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode};
 use sonde_common::remote_write;
-use sonde_common::retry::{Backoff, Verdict, classify_status, parse_retry_after};
+use sonde_common::retry::{Backoff, Verdict, classify_status, error_chain, parse_retry_after};
 use sonde_common::wire::Batch;
 use sonde_common::wire::SeriesView;
 use std::sync::Arc;
@@ -355,17 +355,4 @@ async fn read_reason(mut body: hyper::body::Incoming, to_end: bool) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// An error with its sources, e.g. "client error (Connect): tcp connect error: Connection
-/// refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
