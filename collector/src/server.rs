@@ -2,8 +2,10 @@
 //!
 //! Shutdown order (on the cancellation token, i.e. SIGTERM in the binary): `/readyz` turns
 //! 503 at once; the listener is dropped (no new connections); in-flight requests finish, bounded
-//! by the drain timeout; the store's WAL writer fsyncs what is pending and stops. A push that
-//! got its 200 was durable before the reply, so nothing acknowledged depends on this order.
+//! by the drain timeout; then the remote-write sinks deliver what their disk queues hold, again
+//! bounded by the drain timeout (the rest stays on disk for the next start); last, the store's
+//! WAL writer fsyncs what is pending and stops. A push that got its 200 was durable before the
+//! reply, so nothing acknowledged depends on this order.
 
 use bytes::Bytes;
 use http_body_util::Full;
