@@ -44,6 +44,9 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct MemSeries {
     pub(crate) series: Series,
+    /// The identity as one contiguous string (see [`identity_key`]): what appends compare
+    /// against, in one or two cache lines instead of one per label string.
+    key: Box<[u8]>,
     /// Its id in the WAL.
     pub(crate) wal_ref: u64,
     /// Whether a SERIES record for it is durable in the WAL.
@@ -56,7 +59,17 @@ pub(crate) struct MemSeries {
 
 impl MemSeries {
     fn new(series: Series, wal_ref: u64, logged: bool) -> Self {
+        let mut key = Vec::new();
+        identity_key(
+            &mut key,
+            &series.name,
+            series
+                .labels
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str())),
+        );
         Self {
+            key: key.into_boxed_slice(),
             series,
             wal_ref,
             logged,
@@ -66,19 +79,25 @@ impl MemSeries {
         }
     }
 
-    /// Whether this series is `name` + `labels`.
+    /// Whether this series is `name` + `labels`: compares against [`MemSeries::key`] piece by
+    /// piece, without building the candidate's key.
     fn is<'a>(
         &self,
         name: &str,
-        mut labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
     ) -> bool {
-        self.series.name == name
-            && self.series.labels.len() == labels.len()
-            && self.series.labels.iter().all(|l| {
-                labels
-                    .next()
-                    .is_some_and(|(n, v)| l.name == n && l.value == v)
-            })
+        let mut rest: &[u8] = &self.key;
+        let mut eat = |part: &str| match rest
+            .strip_prefix(part.as_bytes())
+            .and_then(|r| r.split_first())
+        {
+            Some((&KEY_SEPARATOR, tail)) => {
+                rest = tail;
+                true
+            }
+            _ => false,
+        };
+        eat(name) && labels.into_iter().all(|(n, v)| eat(n) && eat(v)) && rest.is_empty()
     }
 
     pub(crate) fn classify(&self, t: i64, bits: u64) -> Verdict {
@@ -184,6 +203,64 @@ impl MemSeries {
     }
 }
 
+/// Ends every part of an identity key: a byte UTF-8 never contains, so no two identities share
+/// a key.
+const KEY_SEPARATOR: u8 = 0xff;
+
+/// Writes the identity key of `name` + `labels` (sorted): each string followed by
+/// [`KEY_SEPARATOR`].
+fn identity_key<'a>(
+    out: &mut Vec<u8>,
+    name: &str,
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(KEY_SEPARATOR);
+    for (n, v) in labels {
+        out.extend_from_slice(n.as_bytes());
+        out.push(KEY_SEPARATOR);
+        out.extend_from_slice(v.as_bytes());
+        out.push(KEY_SEPARATOR);
+    }
+}
+
+/// WAL ref -> slot. Refs are handed out densely from 1, so a vector indexed by ref answers in
+/// one memory access (the per-sample lookup of every commit); a ref far beyond the others
+/// (only an old or damaged WAL has one) goes to a map instead of growing the vector.
+#[derive(Debug, Default)]
+struct RefIndex {
+    dense: Vec<Slot>,
+    sparse: HashMap<u64, Slot, BuildIdHasher>,
+}
+
+impl RefIndex {
+    const NONE: Slot = Slot::MAX;
+    /// How far past the end of `dense` a ref may be and still grow it.
+    const MAX_GAP: u64 = 1 << 20;
+
+    fn get(&self, sref: u64) -> Option<Slot> {
+        match usize::try_from(sref).ok().and_then(|i| self.dense.get(i)) {
+            Some(&slot) if slot != Self::NONE => Some(slot),
+            Some(_) => None,
+            None => self.sparse.get(&sref).copied(),
+        }
+    }
+
+    fn insert(&mut self, sref: u64, slot: Slot) {
+        let len = self.dense.len() as u64;
+        if sref < len.saturating_add(Self::MAX_GAP)
+            && let Ok(i) = usize::try_from(sref)
+        {
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, Self::NONE);
+            }
+            self.dense[i] = slot;
+        } else {
+            self.sparse.insert(sref, slot);
+        }
+    }
+}
+
 /// Why a SERIES entry could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum SeriesConflict {
@@ -201,7 +278,7 @@ pub(crate) enum SeriesConflict {
 #[derive(Debug)]
 pub(crate) struct Head {
     series: Vec<MemSeries>,
-    refs: HashMap<u64, Slot, BuildIdHasher>,
+    refs: RefIndex,
     by_hash: HashMap<u64, Slot, BuildIdHasher>,
     /// Slots whose identity hash equals that of the slot in `by_hash` under the same key.
     collisions: HashMap<u64, Vec<Slot>, BuildIdHasher>,
@@ -223,7 +300,7 @@ impl Head {
     pub(crate) fn new() -> Self {
         Self {
             series: Vec::new(),
-            refs: HashMap::default(),
+            refs: RefIndex::default(),
             by_hash: HashMap::default(),
             collisions: HashMap::default(),
             postings: HashMap::new(),
@@ -348,7 +425,7 @@ impl Head {
         name: &str,
         labels: &[(&str, &str)],
     ) -> Result<Slot, SeriesConflict> {
-        if let Some(&slot) = self.refs.get(&sref) {
+        if let Some(slot) = self.refs.get(sref) {
             let Some(s) = self.series.get_mut(slot as usize) else {
                 return Err(SeriesConflict::Full);
             };
@@ -379,7 +456,7 @@ impl Head {
     }
 
     pub(crate) fn slot_of_ref(&self, sref: u64) -> Option<Slot> {
-        self.refs.get(&sref).copied()
+        self.refs.get(sref)
     }
 
     /// Appends a sample to a series, if it is new.
@@ -613,6 +690,44 @@ mod tests {
         assert_eq!(head.series_count(), 3);
         assert_eq!(head.get(a).unwrap().wal_ref, 1);
         assert!(!head.get(a).unwrap().logged);
+    }
+
+    #[test]
+    fn identity_comparison_is_exact() {
+        let mut head = Head::new();
+        let slot = add(&mut head, "up", &[("job", "api"), ("zone", "a")]);
+        let s = head.get(slot).unwrap();
+        assert!(s.is("up", [("job", "api"), ("zone", "a")].into_iter()));
+        // A prefix, an extension, moved boundaries, another order: all different series.
+        assert!(!s.is("up", [("job", "api")].into_iter()));
+        assert!(!s.is("up", [("job", "api"), ("zone", "a"), ("x", "")].into_iter()));
+        assert!(!s.is("upj", [("ob", "api"), ("zone", "a")].into_iter()));
+        assert!(!s.is("up", [("job", "apiz"), ("one", "a")].into_iter()));
+        assert!(!s.is("up", [("zone", "a"), ("job", "api")].into_iter()));
+        assert!(!s.is("u", [("job", "api"), ("zone", "a")].into_iter()));
+        let empty = add(&mut head, "", &[]);
+        assert!(head.get(empty).unwrap().is("", std::iter::empty()));
+        assert!(!head.get(empty).unwrap().is("", [("", "")].into_iter()));
+    }
+
+    #[test]
+    fn refs_dense_and_far_apart_are_both_found() {
+        let mut refs = RefIndex::default();
+        refs.insert(1, 10);
+        refs.insert(5, 50);
+        refs.insert(u64::MAX, 7);
+        refs.insert(1 << 40, 8);
+        assert_eq!(refs.get(1), Some(10));
+        assert_eq!(refs.get(5), Some(50));
+        assert_eq!(refs.get(3), None);
+        assert_eq!(refs.get(0), None);
+        assert_eq!(refs.get(u64::MAX), Some(7));
+        assert_eq!(refs.get(1 << 40), Some(8));
+        assert_eq!(refs.get(6), None);
+        // The far refs did not grow the vector.
+        assert!(refs.dense.len() <= 6);
+        refs.insert(1, 11);
+        assert_eq!(refs.get(1), Some(11));
     }
 
     #[test]
