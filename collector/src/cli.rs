@@ -23,6 +23,21 @@ pub struct Cli {
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
 
+    /// How long the embedded store keeps samples: blocks wholly older are deleted (e.g. 15d;
+    /// 0 keeps everything).
+    #[arg(long, env = "SONDE_RETENTION", default_value = "15d")]
+    pub retention: String,
+
+    /// Most bytes the embedded store's blocks and WAL may take; past it the oldest blocks are
+    /// deleted (0: no size limit).
+    #[arg(long, env = "SONDE_RETENTION_SIZE", default_value_t = 0)]
+    pub retention_size: u64,
+
+    /// Time range of a block cut from the embedded store's in-memory head (compaction merges
+    /// blocks into 3x, 9x, ... this, up to a tenth of the retention).
+    #[arg(long, env = "SONDE_BLOCK_RANGE", default_value = "2h")]
+    pub block_range: String,
+
     /// Prometheus remote-write URL to forward every accepted batch to (repeatable: each gets its
     /// own disk queue under --data-dir/queues). With any, the embedded store is no longer
     /// written: VictoriaMetrics, Mimir, Thanos Receive or Prometheus hold the data.

@@ -32,6 +32,14 @@ pub struct IngestConfig {
     pub dedup_batches: usize,
 }
 
+/// The embedded store's time-keeping.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub retention: Duration,
+    pub retention_bytes: u64,
+    pub block_range: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct QueryConfig {
     pub lookback: Duration,
@@ -41,6 +49,7 @@ pub struct QueryConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub storage: StorageConfig,
     pub insecure_no_auth: bool,
     pub token_file: Option<PathBuf>,
     pub tls: Option<crate::tls::TlsConfig>,
@@ -99,6 +108,19 @@ impl TryFrom<Cli> for Config {
         Ok(Config {
             listen: cli.listen,
             data_dir: cli.data_dir,
+            storage: StorageConfig {
+                retention: duration("retention", &cli.retention)?,
+                retention_bytes: cli.retention_size,
+                block_range: match duration("block-range", &cli.block_range)? {
+                    d if d < Duration::from_secs(1) => {
+                        return Err(ConfigError::Invalid {
+                            flag: "block-range",
+                            reason: "must be at least 1s".into(),
+                        });
+                    }
+                    d => d,
+                },
+            },
             insecure_no_auth: cli.insecure_no_auth,
             token_file: cli.token_file,
             remote_write: cli
@@ -151,6 +173,28 @@ mod tests {
         let mut full = vec!["sonde-collector"];
         full.extend_from_slice(args);
         Config::try_from(Cli::try_parse_from(full).unwrap())
+    }
+
+    #[test]
+    fn storage_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.storage.retention, Duration::from_secs(15 * 86400));
+        assert_eq!(c.storage.block_range, Duration::from_secs(7200));
+        assert_eq!(c.storage.retention_bytes, 0);
+        let c = parse(&[
+            "--retention",
+            "0",
+            "--retention-size",
+            "1000",
+            "--block-range",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(c.storage.retention, Duration::ZERO);
+        assert_eq!(c.storage.retention_bytes, 1000);
+        assert_eq!(c.storage.block_range, Duration::from_secs(600));
+        assert!(parse(&["--block-range", "10ms"]).is_err());
+        assert!(parse(&["--retention", "forever"]).is_err());
     }
 
     #[test]

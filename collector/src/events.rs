@@ -167,6 +167,79 @@ impl Events {
             "Bytes in the embedded store's write-ahead log.",
             store.wal_bytes as f64,
         );
+        let per = |num: u64, den: u64| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        for (name, help, value) in [
+            (
+                "sonde_collector_store_blocks",
+                "Blocks on disk in the embedded store.",
+                store.blocks as f64,
+            ),
+            (
+                "sonde_collector_store_block_bytes",
+                "Bytes of the embedded store's blocks on disk (chunks, index and meta).",
+                store.block_bytes as f64,
+            ),
+            (
+                "sonde_collector_store_block_samples",
+                "Samples in the embedded store's blocks.",
+                store.block_samples as f64,
+            ),
+            (
+                "sonde_collector_store_bytes_per_sample",
+                "Bytes on disk per sample in the embedded store's blocks, index included.",
+                per(store.block_bytes, store.block_samples),
+            ),
+            (
+                "sonde_collector_store_head_bytes_per_series",
+                "Memory of the head per series: compressed samples plus names and labels (held twice: labels and lookup key), plus a fixed 160 bytes of structure per series (an estimate).",
+                per(
+                    store.head_chunk_bytes + 2 * store.head_label_bytes + 160 * store.series,
+                    store.series,
+                ),
+            ),
+        ] {
+            e.gauge(name, help, value);
+        }
+        for (name, help, value) in [
+            (
+                "sonde_collector_store_blocks_cut_total",
+                "Blocks cut from the head.",
+                store.blocks_cut,
+            ),
+            (
+                "sonde_collector_store_compactions_total",
+                "Block compactions (several blocks merged into one).",
+                store.compactions,
+            ),
+            (
+                "sonde_collector_store_blocks_deleted_total",
+                "Blocks deleted by retention (age or size).",
+                store.blocks_deleted_by_retention,
+            ),
+            (
+                "sonde_collector_store_checkpoints_total",
+                "WAL checkpoints (segments replaced by what replay still needs of them).",
+                store.checkpoints,
+            ),
+            (
+                "sonde_collector_store_maintenance_errors_total",
+                "Failed storage maintenance runs (cut, checkpoint, compaction, retention); retried.",
+                store.maintenance_errors,
+            ),
+            (
+                "sonde_collector_store_corrupt_chunks_total",
+                "Block chunks found damaged by queries (skipped).",
+                store.corrupt_chunks,
+            ),
+        ] {
+            e.counter_value(name, help, value);
+        }
         e.counter(
             "sonde_collector_duplicate_batches_total",
             "Retried native batches acknowledged again without being stored twice.",

@@ -80,7 +80,15 @@ pub async fn run(
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking({
         let dir = dir.clone();
-        move || Store::open(StoreConfig::new(dir))
+        let storage = config.storage.clone();
+        move || {
+            Store::open(StoreConfig {
+                retention: storage.retention,
+                retention_bytes: storage.retention_bytes,
+                block_range: storage.block_range,
+                ..StoreConfig::new(dir)
+            })
+        }
     })
     .await?
     .map_err(|source| RunError::OpenStore { dir, source })?;

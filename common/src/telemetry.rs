@@ -128,6 +128,12 @@ impl TextEncoder {
         let _ = writeln!(self.out, "{name} {}", c.get());
     }
 
+    /// A counter kept elsewhere (e.g. an atomic owned by a library), given by its value.
+    pub fn counter_value(&mut self, name: &str, help: &str, v: u64) {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{name} {v}");
+    }
+
     pub fn labeled_counter(&mut self, name: &str, help: &str, c: &LabeledCounter) {
         self.header(name, help, "counter");
         let map = c.values.lock().unwrap_or_else(|e| e.into_inner());

@@ -85,13 +85,11 @@ impl Chunk {
     }
 
     /// Timestamp of the last sample (meaningless while empty).
-    #[cfg(test)]
     pub(crate) fn max_t(&self) -> i64 {
         self.t
     }
 
     /// The encoded chunk, header included.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.w.bytes
     }
@@ -199,6 +197,14 @@ pub(crate) struct SealedChunk {
 impl SealedChunk {
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         ChunkIter::new(&self.bytes)
+    }
+
+    /// Samples in the chunk (from its header).
+    pub(crate) fn len(&self) -> u16 {
+        match *self.bytes {
+            [hi, lo, ..] => u16::from_be_bytes([hi, lo]),
+            _ => 0,
+        }
     }
 }
 

@@ -20,10 +20,9 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use sonde_common::model::{Label, Sample, Series};
 
 use super::chunk::{Chunk, SAMPLES_PER_CHUNK, SealedChunk};
-use super::matcher::{MatchOp, Matcher};
-
-/// A series' position in the head.
-pub(crate) type Slot = u32;
+use super::matcher::Matcher;
+use super::postings::Postings;
+pub(crate) use super::postings::Slot;
 
 /// The label name the metric name is indexed under.
 pub(crate) const METRIC_NAME_LABEL: &str = "__name__";
@@ -178,6 +177,40 @@ impl MemSeries {
         }
     }
 
+    /// Timestamp of the first sample at or after `t`.
+    fn first_at_or_after(&self, t: i64) -> Option<i64> {
+        let mut first = None;
+        self.scan_range(t, i64::MAX, |s| {
+            first = Some(s.timestamp_ms);
+            false
+        });
+        first
+    }
+
+    /// Frees the chunks wholly older than `t` (the open one too: `last` still guards the
+    /// series' order); returns how many samples they held.
+    fn drop_chunks_below(&mut self, t: i64) -> u64 {
+        let keep_from = self.sealed.partition_point(|c| c.max_t < t);
+        let mut dropped: u64 = self
+            .sealed
+            .drain(..keep_from)
+            .map(|c| u64::from(c.len()))
+            .sum();
+        if !self.open.is_empty() && self.open.max_t() < t {
+            dropped += u64::from(self.open.len());
+            self.open = Chunk::new();
+        }
+        dropped
+    }
+
+    fn chunk_bytes(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|c| c.bytes.len() as u64)
+            .sum::<u64>()
+            + self.open.bytes().len() as u64
+    }
+
     pub(crate) fn samples_in(&self, start: i64, end: i64) -> Vec<Sample> {
         let mut out = Vec::new();
         self.scan_range(start, end, |s| {
@@ -282,12 +315,21 @@ pub(crate) struct Head {
     by_hash: HashMap<u64, Slot, BuildIdHasher>,
     /// Slots whose identity hash equals that of the slot in `by_hash` under the same key.
     collisions: HashMap<u64, Vec<Slot>, BuildIdHasher>,
-    postings: HashMap<String, HashMap<String, Vec<Slot>>>,
+    postings: Postings,
     /// Seeded per process (foldhash): series identities come from senders, so the hash must not
     /// be predictable; SipHash was a sixth of the ingest CPU.
     hasher: foldhash::fast::RandomState,
     next_ref: u64,
     samples: u64,
+    /// Appends of older samples are refused: they belong to a block already cut.
+    min_valid_t: i64,
+    /// Queries see only samples from here on; older ones are in blocks (the head may still
+    /// hold some, in chunks that straddle the cut).
+    min_query_t: i64,
+    /// Newest sample timestamp appended (`i64::MIN` for none).
+    max_t: i64,
+    /// Bytes of every series' name and labels (for the memory self-metric).
+    label_bytes: u64,
 }
 
 impl Default for Head {
@@ -303,10 +345,14 @@ impl Head {
             refs: RefIndex::default(),
             by_hash: HashMap::default(),
             collisions: HashMap::default(),
-            postings: HashMap::new(),
+            postings: Postings::default(),
             hasher: foldhash::fast::RandomState::default(),
             next_ref: 1,
             samples: 0,
+            min_valid_t: i64::MIN,
+            min_query_t: i64::MIN,
+            max_t: i64::MIN,
+            label_bytes: 0,
         }
     }
 
@@ -398,23 +444,18 @@ impl Head {
         }
         self.refs.insert(sref, slot);
         self.next_ref = self.next_ref.max(sref.saturating_add(1));
+        self.label_bytes += (series.name.len()
+            + series
+                .labels
+                .iter()
+                .map(|l| l.name.len() + l.value.len())
+                .sum::<usize>()) as u64;
         self.series.push(MemSeries::new(series, sref, logged));
         Ok(slot)
     }
 
     fn index(&mut self, slot: Slot, name: &str, value: &str) {
-        let values = match self.postings.get_mut(name) {
-            Some(v) => v,
-            None => self.postings.entry(name.to_owned()).or_default(),
-        };
-        let list = match values.get_mut(value) {
-            Some(l) => l,
-            None => values.entry(value.to_owned()).or_default(),
-        };
-        // Slots grow, so this is a push; the search only guards the invariant.
-        if let Err(pos) = list.binary_search(&slot) {
-            list.insert(pos, slot);
-        }
+        self.postings.add(slot, name, value);
     }
 
     /// Applies a SERIES entry from the WAL: creates the series under `sref` (at replay), or
@@ -464,11 +505,78 @@ impl Head {
         let Some(s) = self.series.get_mut(slot as usize) else {
             return Verdict::OutOfOrder;
         };
+        if t < self.min_valid_t {
+            return Verdict::OutOfOrder;
+        }
         let verdict = s.append(t, v);
         if verdict == Verdict::Append {
             self.samples += 1;
+            self.max_t = self.max_t.max(t);
         }
         verdict
+    }
+
+    /// Appends of samples older than this are refused (see [`Head::cut_below`]).
+    pub(crate) fn min_valid_t(&self) -> i64 {
+        self.min_valid_t
+    }
+
+    /// The oldest sample the head serves and the newest, if it holds any.
+    pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
+        if self.max_t == i64::MIN {
+            return None;
+        }
+        let floor = self.min_query_t;
+        let min = self
+            .series
+            .iter()
+            .filter_map(|s| s.first_at_or_after(floor))
+            .min()?;
+        Some((min, self.max_t))
+    }
+
+    /// First step of cutting a block: from now on samples older than `t` are refused, so
+    /// what the head holds below `t` no longer changes and can be copied into a block.
+    pub(crate) fn cut_below(&mut self, t: i64) {
+        self.min_valid_t = self.min_valid_t.max(t);
+    }
+
+    /// The series of slots `range` with their samples in `[start, end]`.
+    pub(crate) fn series_samples(
+        &self,
+        range: std::ops::Range<Slot>,
+        start: i64,
+        end: i64,
+    ) -> Vec<(Series, Vec<Sample>)> {
+        range
+            .filter_map(|slot| self.get(slot))
+            .filter_map(|s| {
+                let samples = s.samples_in(start.max(self.min_query_t), end);
+                (!samples.is_empty()).then(|| (s.series.clone(), samples))
+            })
+            .collect()
+    }
+
+    /// Last step of cutting a block, once it is on disk and queryable: queries stop reading
+    /// the head below `t`, and chunks wholly below it are freed.
+    pub(crate) fn truncate_below(&mut self, t: i64) {
+        self.cut_below(t);
+        self.min_query_t = self.min_query_t.max(t);
+        let mut dropped = 0u64;
+        for s in &mut self.series {
+            dropped += s.drop_chunks_below(t);
+        }
+        self.samples = self.samples.saturating_sub(dropped);
+    }
+
+    /// Bytes of the series identities (names and labels), for the memory self-metric.
+    pub(crate) fn label_bytes(&self) -> u64 {
+        self.label_bytes
+    }
+
+    /// Bytes of sample data the head holds (chunk bytes), for the memory self-metric.
+    pub(crate) fn chunk_bytes(&self) -> u64 {
+        self.series.iter().map(MemSeries::chunk_bytes).sum()
     }
 
     // -----------------------------------------------------------------------------------------
@@ -476,47 +584,7 @@ impl Head {
 
     /// Slots of the series matching every matcher, ascending (all series for no matchers).
     pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Slot> {
-        let mut include: Option<Vec<Slot>> = None;
-        // Matchers that accept the empty value also select series lacking the label, so they
-        // are applied by removing the series whose value they reject.
-        let (positive, negative): (Vec<&Matcher>, Vec<&Matcher>) =
-            matchers.iter().partition(|m| !m.matches(""));
-        for m in positive {
-            let found = self.postings_for(m, true);
-            let narrowed = match include {
-                None => found,
-                Some(prev) => intersect(&prev, &found),
-            };
-            if narrowed.is_empty() {
-                return narrowed;
-            }
-            include = Some(narrowed);
-        }
-        let mut result = include.unwrap_or_else(|| (0..self.series.len() as Slot).collect());
-        for m in negative {
-            let exclude = self.postings_for(m, false);
-            if !exclude.is_empty() {
-                result = subtract(&result, &exclude);
-            }
-        }
-        result
-    }
-
-    /// Union of the postings of label `m.name` whose value `m` accepts (`accepted`) or
-    /// rejects (`!accepted`).
-    fn postings_for(&self, m: &Matcher, accepted: bool) -> Vec<Slot> {
-        let Some(values) = self.postings.get(&m.name) else {
-            return Vec::new();
-        };
-        if let (MatchOp::Equal(v), true) = (&m.op, accepted) {
-            return values.get(v).cloned().unwrap_or_default();
-        }
-        let mut lists: Vec<&[Slot]> = values
-            .iter()
-            .filter(|(v, _)| m.matches(v) == accepted)
-            .map(|(_, l)| l.as_slice())
-            .collect();
-        union(&mut lists)
+        self.postings.matching(matchers, self.series.len() as Slot)
     }
 
     /// Matching series with at least one sample in `[start, end]`, in slot order.
@@ -526,6 +594,7 @@ impl Head {
         start: i64,
         end: i64,
     ) -> impl Iterator<Item = &'h MemSeries> {
+        let start = start.max(self.min_query_t);
         self.matching(matchers)
             .into_iter()
             .filter_map(|slot| self.get(slot))
@@ -543,7 +612,7 @@ impl Head {
             .into_iter()
             .filter_map(|slot| self.get(slot))
             .filter_map(|s| {
-                let samples = s.samples_in(start, end);
+                let samples = s.samples_in(start.max(self.min_query_t), end);
                 (!samples.is_empty()).then(|| (s.series.clone(), samples))
             })
             .collect();
@@ -576,7 +645,7 @@ impl Head {
         start: i64,
         end: i64,
     ) -> Vec<String> {
-        let Some(values) = self.postings.get(name) else {
+        let Some(values) = self.postings.values_of(name) else {
             return Vec::new();
         };
         let candidates = (!matchers.is_empty()).then(|| self.matching(matchers));
@@ -587,7 +656,9 @@ impl Head {
                     candidates
                         .as_ref()
                         .is_none_or(|c| c.binary_search(&slot).is_ok())
-                        && self.get(slot).is_some_and(|s| s.has_samples_in(start, end))
+                        && self
+                            .get(slot)
+                            .is_some_and(|s| s.has_samples_in(start.max(self.min_query_t), end))
                 })
             })
             .map(|(v, _)| v.clone())
@@ -595,57 +666,6 @@ impl Head {
         out.sort_unstable();
         out
     }
-}
-
-/// Sorted union of sorted lists.
-fn union(lists: &mut [&[Slot]]) -> Vec<Slot> {
-    match lists {
-        [] => Vec::new(),
-        [one] => one.to_vec(),
-        _ => {
-            let mut out: Vec<Slot> = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
-            for l in lists.iter() {
-                out.extend_from_slice(l);
-            }
-            out.sort_unstable();
-            out.dedup();
-            out
-        }
-    }
-}
-
-/// Sorted intersection of two sorted lists.
-fn intersect(a: &[Slot], b: &[Slot]) -> Vec<Slot> {
-    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    let mut out = Vec::with_capacity(small.len());
-    let (mut i, mut j) = (0, 0);
-    while let (Some(&x), Some(&y)) = (small.get(i), large.get(j)) {
-        match x.cmp(&y) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                out.push(x);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
-}
-
-/// Sorted `a` minus sorted `b`.
-fn subtract(a: &[Slot], b: &[Slot]) -> Vec<Slot> {
-    let mut out = Vec::with_capacity(a.len());
-    let mut j = 0;
-    for &x in a {
-        while b.get(j).is_some_and(|&y| y < x) {
-            j += 1;
-        }
-        if b.get(j) != Some(&x) {
-            out.push(x);
-        }
-    }
-    out
 }
 
 /// Hasher for keys that are ids or already hashes: one multiply, which keeps distinct keys
@@ -846,16 +866,6 @@ mod tests {
         );
         assert_eq!(m(&[Matcher::equal("nope", "x")]), Vec::<Slot>::new());
         assert_eq!(m(&[Matcher::regex("job", ".*").unwrap()]), [a, b, c, d]);
-    }
-
-    #[test]
-    fn set_operations() {
-        assert_eq!(intersect(&[1, 3, 5, 7], &[2, 3, 7, 9]), [3, 7]);
-        assert_eq!(subtract(&[1, 3, 5, 7], &[0, 3, 7, 9]), [1, 5]);
-        assert_eq!(
-            union(&mut [&[1, 5][..], &[2, 5, 9][..], &[][..]]),
-            [1, 2, 5, 9]
-        );
     }
 
     #[test]

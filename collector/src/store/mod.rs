@@ -1,8 +1,9 @@
-//! The embedded single-node time-series store, shaped like Prometheus's TSDB so it can grow
-//! into one: a write-ahead log ([`wal`]) in front of an in-memory head ([`head`]) of
-//! Gorilla-compressed chunks ([`chunk`]), found through an inverted index by label
-//! [`matcher`]s. Immutable on-disk blocks, compaction and retention come later; today the WAL
-//! is the only thing on disk and it is replayed whole at start.
+//! The embedded single-node time-series store, shaped like Prometheus's TSDB: a write-ahead log
+//! ([`wal`]) in front of an in-memory head ([`head`]) of Gorilla-compressed chunks
+//! ([`chunk`]), found through an inverted index ([`postings`]) by label [`matcher`]s. The
+//! maintenance thread ([`maintain`]) cuts the head into immutable on-disk [`block`]s,
+//! replaces the WAL segments they cover by a [`checkpoint`], compacts small blocks into larger
+//! ones and deletes blocks past the retention. Queries merge blocks and head.
 //!
 //! # Invariants
 //! - **Identity**: a series is its metric name plus its sorted, unique labels ([`Series`]).
@@ -24,15 +25,18 @@
 //!
 //! # On disk
 //! ```text
-//! <dir>/LOCK            held (flock) while a Store has the directory open
-//! <dir>/wal/00000001    WAL segments, cut at `wal_segment_bytes`; format in [`wal`]
+//! <dir>/LOCK                     held (flock) while a Store has the directory open
+//! <dir>/wal/00000001             WAL segments, cut at `wal_segment_bytes`; format in [`wal`]
+//! <dir>/wal/checkpoint.00000007  what replay still needs of segments up to 7 ([`checkpoint`])
+//! <dir>/blocks/<min>-<max>-<n>/  immutable blocks ([`block`])
 //! ```
-//! At open every segment is replayed. A damaged record in the last segment is taken for a
+//! At open the blocks are opened (unfinished ones deleted, damaged ones skipped), then the
+//! newest checkpoint and the segments after it are replayed, skipping samples older than the
+//! newest block's end (they are in it). A damaged record in the last segment is taken for a
 //! write torn by a crash: the segment is truncated there (with a warning) and the store opens
 //! with everything before it. Damage in an older segment ends replay of that segment at that
 //! point (warned, counted in [`ReplayReport`]) and replay continues with the next one. Writing
-//! resumes at the end of the last segment. Segments are never deleted yet: the WAL grows until
-//! the block and checkpoint work lands.
+//! resumes at the end of the last segment.
 //!
 //! # Threads and locks
 //! - The head sits in a `RwLock`. Queries take the read lock. `append` takes the read lock to
@@ -43,20 +47,28 @@
 //!   reach it through a bounded channel and wait on a oneshot, so concurrent appends share one
 //!   write and one fsync.
 
+mod block;
+mod checkpoint;
 mod chunk;
 mod commit;
 mod head;
+mod maintain;
 mod matcher;
+mod postings;
 mod wal;
 
+pub use maintain::MaintenanceReport;
 pub use matcher::{MatchOp, Matcher};
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use block::Block;
 
 use sonde_common::model::{Sample, Series};
 use sonde_common::wire::{Batch, SeriesView};
@@ -76,6 +88,16 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// A WAL segment is cut before it would grow past this many bytes (default 64 MiB).
     pub wal_segment_bytes: u64,
+    /// Time range of a block cut from the head (default 2 h); the head is cut once it spans
+    /// one and a half of these. Compaction merges blocks into ranges of 3x, 9x, ... this.
+    pub block_range: Duration,
+    /// Blocks wholly older than this are deleted (default 15 days; zero keeps everything).
+    pub retention: Duration,
+    /// When blocks and WAL together pass this many bytes, the oldest blocks are deleted
+    /// (0: no size limit).
+    pub retention_bytes: u64,
+    /// How often the maintenance thread cuts, compacts and applies retention (default 1 min).
+    pub maintenance_interval: Duration,
 }
 
 impl StoreConfig {
@@ -83,6 +105,10 @@ impl StoreConfig {
         Self {
             dir: dir.into(),
             wal_segment_bytes: 64 << 20,
+            block_range: Duration::from_secs(2 * 3600),
+            retention: Duration::from_secs(15 * 24 * 3600),
+            retention_bytes: 0,
+            maintenance_interval: Duration::from_secs(60),
         }
     }
 }
@@ -115,6 +141,21 @@ pub struct StoreStats {
     pub series: u64,
     pub samples_in_head: u64,
     pub wal_bytes: u64,
+    /// Bytes of compressed sample data in the head's chunks.
+    pub head_chunk_bytes: u64,
+    /// Bytes of the series identities (names and labels) the head holds.
+    pub head_label_bytes: u64,
+    pub blocks: u64,
+    pub block_bytes: u64,
+    pub block_samples: u64,
+    pub block_series: u64,
+    pub blocks_cut: u64,
+    pub compactions: u64,
+    pub blocks_deleted_by_retention: u64,
+    pub checkpoints: u64,
+    pub maintenance_errors: u64,
+    /// Chunks queries found damaged in blocks (skipped).
+    pub corrupt_chunks: u64,
 }
 
 /// What replaying the WAL at open found.
@@ -132,6 +173,10 @@ pub struct ReplayReport {
     pub undecodable_records: u64,
     /// Samples whose series' SERIES record was lost to damage.
     pub orphan_samples: u64,
+    /// Blocks opened.
+    pub blocks: u64,
+    /// Blocks that could not be opened (left on disk, skipped).
+    pub damaged_blocks: u64,
 }
 
 /// A series and its samples in the queried range, oldest first.
@@ -203,7 +248,17 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
+    cfg: StoreConfig,
     head: Arc<RwLock<Head>>,
+    /// On-disk blocks, oldest first (by time range).
+    blocks: RwLock<Vec<Arc<Block>>>,
+    /// Index of the WAL segment being written.
+    wal_segment: Arc<AtomicU32>,
+    /// Serialises maintenance runs (the thread's and explicit [`Store::maintain`] calls).
+    maintaining: Mutex<()>,
+    /// Stops the maintenance thread (dropping the sender) and joins it.
+    maintenance: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    counters: maintain::Counters,
     /// Taken by `close`, after which appends fail with [`StoreError::Closed`].
     tx: Mutex<Option<mpsc::Sender<CommitRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -240,28 +295,51 @@ impl Store {
                 .map_err(|e| StoreError::io("create WAL directory", &wal_dir, e))?;
             wal::sync_dir(&cfg.dir)?;
         }
+        let blocks_dir = cfg.dir.join("blocks");
+        if !blocks_dir.exists() {
+            std::fs::create_dir_all(&blocks_dir)
+                .map_err(|e| StoreError::io("create blocks directory", &blocks_dir, e))?;
+            wal::sync_dir(&cfg.dir)?;
+        }
+        let (blocks, damaged_blocks) = block::open_all(&blocks_dir)?;
         let mut head = Head::new();
-        let (replay, last_segment, wal_bytes) = replay(&wal_dir, &mut head)?;
+        // Samples up to the newest block's end are in blocks: replay skips them.
+        if let Some(end) = blocks.iter().map(|b| b.meta.max_t).max() {
+            head.truncate_below(end.saturating_add(1));
+        }
+        let (mut replay, next_segment, wal_bytes) = replay(&wal_dir, &mut head)?;
+        replay.blocks = blocks.len() as u64;
+        replay.damaged_blocks = damaged_blocks;
         let wal_bytes = Arc::new(AtomicU64::new(wal_bytes));
+        let wal_segment = Arc::new(AtomicU32::new(next_segment));
         let writer = wal::SegmentWriter::open(
             &wal_dir,
-            last_segment.unwrap_or(1),
+            next_segment,
             cfg.wal_segment_bytes,
             wal_bytes.clone(),
+            wal_segment.clone(),
         )?;
         let head = Arc::new(RwLock::new(head));
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
         let thread = commit::spawn(writer, head.clone(), rx, dir_lock)
             .map_err(|e| StoreError::io("start the WAL writer thread for", &cfg.dir, e))?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
+                cfg,
                 head,
+                blocks: RwLock::new(blocks.into_iter().map(Arc::new).collect()),
+                wal_segment,
+                maintaining: Mutex::new(()),
+                maintenance: Mutex::new(None),
+                counters: maintain::Counters::default(),
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(thread)),
                 wal_bytes,
                 replay,
             }),
-        })
+        };
+        maintain::start(&store)?;
+        Ok(store)
     }
 
     /// Appends every sample of a validated batch (see `Batch::validate`). Returns once the
@@ -377,14 +455,62 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<SeriesSamples> {
-        self.read()
-            .select(&scoped(tenant, matchers), start_ms, end_ms)
+        let matchers = scoped(tenant, matchers);
+        let blocks = self.blocks_in(start_ms, end_ms);
+        let head = self.read().select(&matchers, start_ms, end_ms);
+        let found = if blocks.is_empty() {
+            head
+        } else {
+            // Blocks oldest first, then the head: each series' pieces arrive in time order.
+            let mut merged: std::collections::BTreeMap<Series, Vec<Sample>> =
+                std::collections::BTreeMap::new();
+            for (series, samples) in blocks
+                .iter()
+                .flat_map(|b| b.select(&matchers, start_ms, end_ms))
+                .chain(head)
+            {
+                merged.entry(series).or_default().extend(samples);
+            }
+            merged
+                .into_iter()
+                .map(|(series, mut samples)| {
+                    if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
+                        samples.sort_by_key(|s| s.timestamp_ms);
+                    }
+                    // A chunk straddling a cut can show a sample in a block and the head.
+                    samples.dedup_by_key(|s| s.timestamp_ms);
+                    (series, samples)
+                })
+                .collect()
+        };
+        found
             .into_iter()
             .map(|(series, samples)| SeriesSamples {
                 series: without_tenant(series),
                 samples,
             })
             .collect()
+    }
+
+    /// The blocks overlapping `[start_ms, end_ms]`, oldest first.
+    fn blocks_in(&self, start_ms: i64, end_ms: i64) -> Vec<Arc<Block>> {
+        self.inner
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|b| b.overlaps(start_ms, end_ms))
+            .cloned()
+            .collect()
+    }
+
+    /// Series (with the tenant label) matching `matchers` in the blocks over the range.
+    fn block_series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
+        let mut out: Vec<Series> = Vec::new();
+        for b in self.blocks_in(start_ms, end_ms) {
+            out.extend(b.series(matchers, start_ms, end_ms).into_iter().cloned());
+        }
+        out
     }
 
     /// Series matching all matchers that have at least one sample in `[start_ms, end_ms]`,
@@ -401,11 +527,12 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<Series> {
-        self.read()
-            .series(&scoped(tenant, matchers), start_ms, end_ms)
-            .into_iter()
-            .map(without_tenant)
-            .collect()
+        let matchers = scoped(tenant, matchers);
+        let mut out = self.block_series(&matchers, start_ms, end_ms);
+        out.extend(self.read().series(&matchers, start_ms, end_ms));
+        out.sort_unstable();
+        out.dedup();
+        out.into_iter().map(without_tenant).collect()
     }
 
     /// Sorted unique label names (including `__name__`) of the series matching (all series if
@@ -422,9 +549,19 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<String> {
-        let mut names = self
-            .read()
-            .label_names(&scoped(tenant, matchers), start_ms, end_ms);
+        let matchers = scoped(tenant, matchers);
+        let mut names = self.read().label_names(&matchers, start_ms, end_ms);
+        let from_blocks = self.block_series(&matchers, start_ms, end_ms);
+        if !from_blocks.is_empty() {
+            names.push(head::METRIC_NAME_LABEL.to_owned());
+            names.extend(
+                from_blocks
+                    .into_iter()
+                    .flat_map(|s| s.labels.into_iter().map(|l| l.name)),
+            );
+            names.sort_unstable();
+            names.dedup();
+        }
         names.retain(|n| n != TENANT_LABEL);
         names
     }
@@ -453,18 +590,54 @@ impl Store {
         if name == TENANT_LABEL {
             return Vec::new();
         }
-        self.read()
-            .label_values(name, &scoped(tenant, matchers), start_ms, end_ms)
+        let matchers = scoped(tenant, matchers);
+        let mut values = self.read().label_values(name, &matchers, start_ms, end_ms);
+        let from_blocks = self.block_series(&matchers, start_ms, end_ms);
+        if !from_blocks.is_empty() {
+            values.extend(from_blocks.into_iter().filter_map(|s| {
+                if name == head::METRIC_NAME_LABEL {
+                    Some(s.name)
+                } else {
+                    s.labels
+                        .into_iter()
+                        .find(|l| l.name == name)
+                        .map(|l| l.value)
+                }
+            }));
+            values.sort_unstable();
+            values.dedup();
+        }
+        values
     }
 
     /// Counts for self-metrics.
     pub fn stats(&self) -> StoreStats {
-        let head = self.read();
-        StoreStats {
-            series: head.series_count(),
-            samples_in_head: head.sample_count(),
-            wal_bytes: self.inner.wal_bytes.load(Ordering::Relaxed),
+        let mut stats = {
+            let head = self.read();
+            StoreStats {
+                series: head.series_count(),
+                samples_in_head: head.sample_count(),
+                head_chunk_bytes: head.chunk_bytes(),
+                head_label_bytes: head.label_bytes(),
+                ..StoreStats::default()
+            }
+        };
+        stats.wal_bytes = self.inner.wal_bytes.load(Ordering::Relaxed);
+        for b in self
+            .inner
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            stats.blocks += 1;
+            stats.block_bytes += b.bytes;
+            stats.block_samples += b.meta.samples;
+            stats.block_series += b.meta.series;
+            stats.corrupt_chunks += b.corrupt_chunks();
         }
+        self.inner.counters.fill(&mut stats);
+        stats
     }
 
     /// How full the commit queue is, from 0 (idle) to 1 (appends wait): the signal an
@@ -486,6 +659,7 @@ impl Store {
     /// and releases the directory lock; later appends fail with [`StoreError::Closed`], and
     /// queries keep answering from memory. Blocks: call from a blocking context. Idempotent.
     pub fn close(&self) {
+        maintain::stop(self);
         drop(
             self.inner
                 .tx
@@ -536,7 +710,13 @@ fn encode_samples(
         return Ok(());
     };
     let mut logged = s.logged;
+    let min_valid_t = head.min_valid_t();
     for sample in view.samples() {
+        if sample.timestamp_ms < min_valid_t {
+            // Its time range is already cut into a block.
+            stats.out_of_order += 1;
+            continue;
+        }
         match s.classify(sample.timestamp_ms, sample.value.to_bits()) {
             Verdict::Append => {
                 if !logged {
@@ -643,13 +823,40 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Replays every segment into `head`, repairing a torn tail. Returns the report, the last
-/// segment's index and the bytes of all segments.
-fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, Option<u32>, u64), StoreError> {
-    let segments = wal::list_segments(wal_dir)?;
+/// Replays the newest checkpoint and every segment after it into `head`, repairing a torn
+/// tail. Returns the report, the index of the segment to write next and the bytes of the WAL.
+fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, u32, u64), StoreError> {
+    let checkpoint = checkpoint::latest(wal_dir)?;
     let mut report = ReplayReport::default();
     let mut applied = Applied::default();
     let mut bytes = 0u64;
+    if let Some(cp) = checkpoint {
+        // Finish what a crash may have interrupted: the replaced segments' deletion.
+        checkpoint::remove_replaced(wal_dir, cp)?;
+        let path = checkpoint::path(wal_dir, cp);
+        let end = wal::read_segment(&path, |payload| {
+            report.records += 1;
+            if let Err(e) = commit::apply_record(head, payload, &mut applied) {
+                tracing::warn!(
+                    "skipping a WAL record of {} that cannot be decoded: {e}",
+                    path.display()
+                );
+                report.undecodable_records += 1;
+            }
+        })?;
+        if let SegmentEnd::Damaged { offset, reason, .. } = end {
+            tracing::warn!(
+                "WAL checkpoint {} is damaged at offset {offset} ({reason}): continuing with the segments after it",
+                path.display()
+            );
+            report.damaged_segments += 1;
+        }
+        bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+    }
+    let segments: Vec<u32> = wal::list_segments(wal_dir)?
+        .into_iter()
+        .filter(|&s| checkpoint.is_none_or(|cp| s > cp))
+        .collect();
     for (pos, &index) in segments.iter().enumerate() {
         let path = wal::segment_path(wal_dir, index);
         if pos > 0 && segments.get(pos - 1).is_some_and(|&prev| prev + 1 != index) {
@@ -714,7 +921,12 @@ fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, Option<u32>,
             "replayed the WAL"
         );
     }
-    Ok((report, segments.last().copied(), bytes))
+    let next = segments
+        .last()
+        .copied()
+        .or_else(|| checkpoint.map(|cp| cp.saturating_add(1)))
+        .unwrap_or(1);
+    Ok((report, next, bytes))
 }
 
 #[cfg(test)]

@@ -161,14 +161,12 @@ async fn queries_select_series_and_labels() {
     );
     assert!(store.label_values("nope", &[], 0, 10_000).is_empty());
 
+    let st = store.stats();
     assert_eq!(
-        store.stats(),
-        StoreStats {
-            series: 4,
-            samples_in_head: 6,
-            wal_bytes: store.stats().wal_bytes
-        }
+        (st.series, st.samples_in_head, st.blocks, st.block_bytes),
+        (4, 6, 0, 0)
     );
+    assert!(st.head_chunk_bytes > 0 && st.head_label_bytes > 0);
     assert!(store.stats().wal_bytes > 0);
     store.close();
 }
@@ -711,4 +709,334 @@ async fn tenants_are_namespaces() {
         2.0
     );
     assert_eq!(store.select(&all, 0, 2000)[0].samples[0].value, 3.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks, checkpoints, compaction, retention
+
+fn open_with_blocks(dir: &Path, range_ms: u64) -> Store {
+    Store::open(StoreConfig {
+        wal_segment_bytes: 512,
+        block_range: Duration::from_millis(range_ms),
+        retention: Duration::ZERO,
+        maintenance_interval: Duration::ZERO,
+        ..StoreConfig::new(dir)
+    })
+    .unwrap()
+}
+
+/// Appends `a{x="1"}`, `b{x="2"}` (and tenant t1's `a`) every 100 ms over `[from, to)`, ten
+/// timestamps per append.
+async fn fill(store: &Store, from: i64, to: i64) {
+    let ts: Vec<i64> = (from..to).step_by(100).collect();
+    for part in ts.chunks(10) {
+        let samples: Vec<(i64, f64)> = part.iter().map(|&t| (t, t as f64 / 3.0)).collect();
+        store
+            .append(&batch(&[
+                ("a", &[("x", "1")], &samples),
+                ("b", &[("x", "2")], &samples),
+            ]))
+            .await
+            .unwrap();
+        store
+            .append_tenant("t1", &batch(&[("a", &[("x", "1")], &samples)]))
+            .await
+            .unwrap();
+    }
+}
+
+fn wal_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn cut_blocks_answer_queries_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_blocks(dir.path(), 1000);
+    store
+        .append(&batch(&[(
+            "old",
+            &[("job", "gone")],
+            &[(0, 1.0), (500, 2.0)],
+        )]))
+        .await
+        .unwrap();
+    fill(&store, 0, 10_000).await;
+    let before = dump(&store);
+    let tenant_before = store.select_tenant("t1", &[], i64::MIN, i64::MAX);
+    let wal_before = segment_files(dir.path()).len();
+    assert!(wal_before > 3);
+    let head_before = store.stats().samples_in_head;
+
+    let report = store.maintain().unwrap();
+    // The head spans 0..9900: ranges are cut while it still spans 1.5 of them after.
+    assert_eq!(report.blocks_cut, 9);
+    assert!(report.checkpointed_segments_up_to.is_some());
+    let stats = store.stats();
+    // Nine blocks cut; the same run already merged the first closed window of three.
+    assert_eq!(
+        (stats.blocks_cut, stats.blocks, report.compacted),
+        (9, 7, 1),
+        "{stats:?}"
+    );
+    assert!(stats.block_bytes > 0 && stats.block_samples > 0);
+    // Chunks wholly in blocks are freed (here the series that stopped); chunks straddling
+    // the cut stay until they are.
+    assert_eq!(stats.samples_in_head, head_before - 2);
+    assert_eq!(
+        dump(&store),
+        before,
+        "the same samples, from blocks and head"
+    );
+    assert_eq!(
+        store.select_tenant("t1", &[], i64::MIN, i64::MAX),
+        tenant_before,
+        "tenants stay apart in blocks"
+    );
+    assert!(
+        store
+            .select_tenant("t2", &[], i64::MIN, i64::MAX)
+            .is_empty()
+    );
+    // A series that lives only in blocks is still found by every read path.
+    assert_eq!(
+        store.series(&[Matcher::equal("job", "gone")], 0, 10_000),
+        [Series::new("old", [("job", "gone")])]
+    );
+    assert!(store.label_names(&[], 0, 600).contains(&"job".to_owned()));
+    assert!(
+        store
+            .label_values("__name__", &[], 0, 600)
+            .contains(&"old".to_owned())
+    );
+    assert_eq!(store.label_values("job", &[], 0, 600), ["gone"]);
+    // The WAL gave way to a checkpoint.
+    let names = wal_names(dir.path());
+    assert!(
+        names.iter().any(|n| n.starts_with("checkpoint.")),
+        "{names:?}"
+    );
+    assert!(segment_files(dir.path()).len() < wal_before);
+    // Samples in a block's time range are refused (counted), not stored twice.
+    let again = store
+        .append(&batch(&[(
+            "a",
+            &[("x", "1")],
+            &[(100, 100.0 / 3.0), (150, 9.0)],
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(again, self::stats(0, 0, 2, 0));
+
+    // Compaction merges the closed windows of three blocks, one per run.
+    let mut compactions = report.compacted;
+    while store.maintain().unwrap().compacted > 0 {
+        compactions += 1;
+        assert_eq!(dump(&store), before);
+    }
+    assert!(compactions >= 2, "{compactions}");
+    assert!(store.stats().blocks < stats.blocks);
+    let block_dirs = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .count() as u64;
+    assert_eq!(
+        block_dirs,
+        store.stats().blocks,
+        "replaced blocks are deleted"
+    );
+
+    // More data after the cut, then a reopen: blocks + checkpoint + segments give it all back.
+    fill(&store, 10_000, 12_000).await;
+    let all = dump(&store);
+    store.close();
+    drop(store);
+    let store = open_with_blocks(dir.path(), 1000);
+    assert_eq!(dump(&store), all);
+    assert_eq!(
+        store.select_tenant("t1", &[], i64::MIN, 9_999),
+        tenant_before
+    );
+    let report = store.replay_report();
+    assert_eq!((report.damaged_segments, report.orphan_samples), (0, 0));
+    assert!(report.blocks > 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn retention_deletes_old_blocks_by_age_and_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = sonde_common::model::now_ms();
+    let minute = 60_000;
+    let start = now - 180 * minute;
+    let open = |retention: Duration, bytes: u64| {
+        Store::open(StoreConfig {
+            block_range: Duration::from_secs(600),
+            retention,
+            retention_bytes: bytes,
+            maintenance_interval: Duration::ZERO,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap()
+    };
+    let store = open(Duration::ZERO, 0);
+    for t in (start..now).step_by(minute as usize) {
+        store
+            .append(&batch(&[("m", &[], &[(t, 1.0)])]))
+            .await
+            .unwrap();
+    }
+    store.maintain().unwrap();
+    let blocks = store.stats().blocks;
+    assert!(blocks >= 15, "{blocks}");
+    assert_eq!(
+        store.select(&[], start, now)[0].samples.len(),
+        180,
+        "nothing deleted without a retention"
+    );
+    store.close();
+    drop(store);
+
+    let store = open(Duration::from_secs(3600), 0);
+    let report = store.maintain().unwrap();
+    assert!(report.deleted > 0);
+    let left = store.select(&[], i64::MIN, i64::MAX);
+    let oldest = left[0].samples[0].timestamp_ms;
+    assert!(
+        oldest >= now - 60 * minute - 10 * minute,
+        "samples older than the retention (plus one block) are gone: oldest is {} min old",
+        (now - oldest) / minute
+    );
+    assert!(oldest < now - 50 * minute, "younger blocks are kept");
+    assert_eq!(store.stats().blocks_deleted_by_retention, report.deleted);
+    store.close();
+    drop(store);
+
+    // A size limit below what is there deletes the oldest blocks until it fits.
+    let store = open(Duration::ZERO, 1);
+    let before = store.stats().blocks;
+    assert!(before > 0);
+    store.maintain().unwrap();
+    assert_eq!(store.stats().blocks, 0);
+    // The head (not yet cut) keeps serving the newest samples.
+    assert!(!store.select(&[], now - 10 * minute, now).is_empty());
+    store.close();
+}
+
+/// The crash test's child: appends forever (until killed), with maintenance running all the
+/// time, recording each acknowledged append in `acked`.
+fn crash_child(dir: &Path, acked: &Path) {
+    use std::io::Write;
+    let first: i64 = std::fs::read_to_string(acked)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse::<i64>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(StoreConfig {
+            wal_segment_bytes: 2048,
+            block_range: Duration::from_millis(2000),
+            retention: Duration::ZERO,
+            maintenance_interval: Duration::from_millis(5),
+            ..StoreConfig::new(dir)
+        })
+        .unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(acked)
+            .unwrap();
+        for i in first.. {
+            let t = i * 100;
+            let series = format!("s{}", i % 7);
+            store
+                .append(&batch(&[
+                    (&series, &[("k", "v")], &[(t, i as f64)]),
+                    ("all", &[], &[(t, i as f64)]),
+                ]))
+                .await
+                .unwrap();
+            writeln!(log, "{i}").unwrap();
+        }
+    });
+}
+
+#[test]
+fn kill_9_during_cuts_checkpoints_and_compactions_loses_nothing_acknowledged() {
+    if let (Ok(dir), Ok(acked)) = (
+        std::env::var("SONDE_STORE_CRASH_DIR"),
+        std::env::var("SONDE_STORE_CRASH_ACKED"),
+    ) {
+        crash_child(Path::new(&dir), Path::new(&acked));
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let acked = tmp.path().join("acked");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut total = 0usize;
+    for round in 0..6u64 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "--nocapture",
+                "store::tests::kill_9_during_cuts_checkpoints_and_compactions_loses_nothing_acknowledged",
+            ])
+            .env("SONDE_STORE_CRASH_DIR", &dir)
+            .env("SONDE_STORE_CRASH_ACKED", &acked)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400 + 137 * round));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let acks: Vec<i64> = std::fs::read_to_string(&acked)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        assert!(acks.len() > total, "round {round}: the child made progress");
+        total = acks.len();
+        let store = Store::open(StoreConfig {
+            block_range: Duration::from_millis(2000),
+            retention: Duration::ZERO,
+            maintenance_interval: Duration::ZERO,
+            ..StoreConfig::new(&dir)
+        })
+        .unwrap();
+        let all = store.select(&[Matcher::equal("__name__", "all")], i64::MIN, i64::MAX);
+        let stored: std::collections::HashSet<i64> = all
+            .iter()
+            .flat_map(|s| s.samples.iter().map(|x| x.timestamp_ms))
+            .collect();
+        let missing: Vec<i64> = acks
+            .iter()
+            .filter(|&&i| !stored.contains(&(i * 100)))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged samples missing after kill -9, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let stats = store.stats();
+        if round == 5 {
+            assert!(stats.blocks > 0, "the run cut blocks: {stats:?}");
+        }
+        rt.block_on(async { store.close() });
+    }
 }

@@ -34,7 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::StoreError;
 
@@ -483,6 +483,9 @@ pub(crate) struct SegmentWriter {
     segment_bytes: u64,
     /// Bytes of all segments, shared with [`super::Store::stats`].
     total: Arc<AtomicU64>,
+    /// Index of the segment being written, shared with the checkpointing thread: every
+    /// segment before it is complete.
+    current: Arc<AtomicU32>,
     buf: Vec<u8>,
     /// Set when a failed write could not be undone: no more writes until a restart.
     broken: Option<String>,
@@ -496,6 +499,7 @@ impl SegmentWriter {
         index: u32,
         segment_bytes: u64,
         total: Arc<AtomicU64>,
+        current: Arc<AtomicU32>,
     ) -> Result<Self, StoreError> {
         let path = segment_path(dir, index);
         let existed = path.exists();
@@ -514,6 +518,10 @@ impl SegmentWriter {
             len,
             segment_bytes: segment_bytes.max(1),
             total,
+            current: {
+                current.store(index, Ordering::Release);
+                current
+            },
             buf: Vec::new(),
             broken: None,
         })
@@ -629,6 +637,7 @@ impl SegmentWriter {
         sync_dir(&self.dir)?;
         self.file = file;
         self.index = next;
+        self.current.store(next, Ordering::Release);
         self.len = 0;
         Ok(())
     }
@@ -769,7 +778,7 @@ mod tests {
     fn writer_cuts_segments_between_requests() {
         let dir = tempfile::tempdir().unwrap();
         let total = Arc::new(AtomicU64::new(0));
-        let mut w = SegmentWriter::open(dir.path(), 1, 100, total.clone()).unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1, 100, total.clone(), Arc::default()).unwrap();
         let req = encode_example();
         assert!(req.len() < 100);
         let out = w.write_group([req.as_slice(), req.as_slice(), req.as_slice()]);
