@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, env = "SONDE_BLOCK_RANGE", default_value = "2h")]
     pub block_range: String,
 
+    /// How much older than its series' newest sample a sample may be and still be stored in
+    /// the embedded store (0: strictly in order); older ones are counted and dropped.
+    #[arg(long, env = "SONDE_OUT_OF_ORDER_WINDOW", default_value = "5m")]
+    pub out_of_order_window: String,
+
     /// Prometheus remote-write URL to forward every accepted batch to (repeatable: each gets its
     /// own disk queue under --data-dir/queues). With any, the embedded store is no longer
     /// written: VictoriaMetrics, Mimir, Thanos Receive or Prometheus hold the data.

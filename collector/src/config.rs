@@ -38,6 +38,7 @@ pub struct StorageConfig {
     pub retention: Duration,
     pub retention_bytes: u64,
     pub block_range: Duration,
+    pub out_of_order_window: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +112,7 @@ impl TryFrom<Cli> for Config {
             storage: StorageConfig {
                 retention: duration("retention", &cli.retention)?,
                 retention_bytes: cli.retention_size,
+                out_of_order_window: duration("out-of-order-window", &cli.out_of_order_window)?,
                 block_range: match duration("block-range", &cli.block_range)? {
                     d if d < Duration::from_secs(1) => {
                         return Err(ConfigError::Invalid {
@@ -181,6 +183,7 @@ mod tests {
         assert_eq!(c.storage.retention, Duration::from_secs(15 * 86400));
         assert_eq!(c.storage.block_range, Duration::from_secs(7200));
         assert_eq!(c.storage.retention_bytes, 0);
+        assert_eq!(c.storage.out_of_order_window, Duration::from_secs(300));
         let c = parse(&[
             "--retention",
             "0",

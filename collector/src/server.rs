@@ -86,6 +86,7 @@ pub async fn run(
                 retention: storage.retention,
                 retention_bytes: storage.retention_bytes,
                 block_range: storage.block_range,
+                out_of_order_window: storage.out_of_order_window,
                 ..StoreConfig::new(dir)
             })
         }

@@ -54,6 +54,9 @@ pub(crate) struct MemSeries {
     open: Chunk,
     /// Newest sample: timestamp and value bits.
     last: Option<(i64, u64)>,
+    /// Samples that arrived out of order within the window (older than `last` when they
+    /// came), as (timestamp, value bits), sorted; merged with the chunks by every read.
+    ooo: Vec<(i64, u64)>,
 }
 
 impl MemSeries {
@@ -75,6 +78,7 @@ impl MemSeries {
             sealed: Vec::new(),
             open: Chunk::new(),
             last: None,
+            ooo: Vec::new(),
         }
     }
 
@@ -99,7 +103,9 @@ impl MemSeries {
         eat(name) && labels.into_iter().all(|(n, v)| eat(n) && eat(v)) && rest.is_empty()
     }
 
-    pub(crate) fn classify(&self, t: i64, bits: u64) -> Verdict {
+    /// What appending (`t`, `bits`) would do, accepting samples up to `window` ms older than
+    /// the newest one.
+    pub(crate) fn classify(&self, t: i64, bits: u64, window: i64) -> Verdict {
         let Some((last_t, last_bits)) = self.last else {
             return Verdict::Append;
         };
@@ -109,13 +115,22 @@ impl MemSeries {
         let stored = if t == last_t {
             Some(last_bits)
         } else {
-            self.find(t)
+            self.find(t).or_else(|| self.find_ooo(t))
         };
         match stored {
             Some(b) if b == bits => Verdict::Duplicate,
             Some(_) => Verdict::Conflict,
+            None if t >= last_t.saturating_sub(window) => Verdict::Append,
             None => Verdict::OutOfOrder,
         }
+    }
+
+    fn find_ooo(&self, t: i64) -> Option<u64> {
+        self.ooo
+            .binary_search_by_key(&t, |&(x, _)| x)
+            .ok()
+            .and_then(|i| self.ooo.get(i))
+            .map(|&(_, b)| b)
     }
 
     /// The value bits stored at timestamp `t`, if any.
@@ -137,10 +152,15 @@ impl MemSeries {
     }
 
     /// Appends if the sample is new; returns what happened.
-    fn append(&mut self, t: i64, v: f64) -> Verdict {
+    fn append(&mut self, t: i64, v: f64, window: i64) -> Verdict {
         let bits = v.to_bits();
-        let verdict = self.classify(t, bits);
+        let verdict = self.classify(t, bits, window);
         if verdict != Verdict::Append {
+            return verdict;
+        }
+        if self.last.is_some_and(|(last_t, _)| t < last_t) {
+            let at = self.ooo.partition_point(|&(x, _)| x < t);
+            self.ooo.insert(at, (t, bits));
             return verdict;
         }
         if self.open.len() >= SAMPLES_PER_CHUNK {
@@ -158,6 +178,33 @@ impl MemSeries {
         if start > end {
             return;
         }
+        if !self.ooo.is_empty() {
+            // Merge the out-of-order samples in (rare: only series that received some).
+            let mut merged: Vec<Sample> = Vec::new();
+            self.scan_chunks(start, end, |s| {
+                merged.push(s);
+                true
+            });
+            let from = self.ooo.partition_point(|&(t, _)| t < start);
+            merged.extend(
+                self.ooo[from..]
+                    .iter()
+                    .take_while(|&&(t, _)| t <= end)
+                    .map(|&(t, b)| Sample::new(t, f64::from_bits(b))),
+            );
+            merged.sort_by_key(|s| s.timestamp_ms);
+            for s in merged {
+                if !f(s) {
+                    return;
+                }
+            }
+            return;
+        }
+        self.scan_chunks(start, end, f);
+    }
+
+    /// [`MemSeries::scan_range`] over the chunks alone.
+    fn scan_chunks(&self, start: i64, end: i64, mut f: impl FnMut(Sample) -> bool) {
         let first = self.sealed.partition_point(|c| c.max_t < start);
         let sealed = self.sealed.get(first..).unwrap_or_default();
         let chunks = sealed
@@ -200,7 +247,9 @@ impl MemSeries {
             dropped += u64::from(self.open.len());
             self.open = Chunk::new();
         }
-        dropped
+        let before = self.ooo.len();
+        self.ooo.retain(|&(x, _)| x >= t);
+        dropped + (before - self.ooo.len()) as u64
     }
 
     fn chunk_bytes(&self) -> u64 {
@@ -209,6 +258,7 @@ impl MemSeries {
             .map(|c| c.bytes.len() as u64)
             .sum::<u64>()
             + self.open.bytes().len() as u64
+            + (self.ooo.len() * 16) as u64
     }
 
     pub(crate) fn samples_in(&self, start: i64, end: i64) -> Vec<Sample> {
@@ -330,6 +380,8 @@ pub(crate) struct Head {
     max_t: i64,
     /// Bytes of every series' name and labels (for the memory self-metric).
     label_bytes: u64,
+    /// How much older than its series' newest sample a sample may be and still be stored, ms.
+    ooo_window: i64,
 }
 
 impl Default for Head {
@@ -353,6 +405,7 @@ impl Head {
             min_query_t: i64::MIN,
             max_t: i64::MIN,
             label_bytes: 0,
+            ooo_window: 0,
         }
     }
 
@@ -508,12 +561,21 @@ impl Head {
         if t < self.min_valid_t {
             return Verdict::OutOfOrder;
         }
-        let verdict = s.append(t, v);
+        let verdict = s.append(t, v, self.ooo_window);
         if verdict == Verdict::Append {
             self.samples += 1;
             self.max_t = self.max_t.max(t);
         }
         verdict
+    }
+
+    /// Accept samples up to `ms` older than their series' newest sample.
+    pub(crate) fn set_out_of_order_window(&mut self, ms: i64) {
+        self.ooo_window = ms.max(0);
+    }
+
+    pub(crate) fn out_of_order_window(&self) -> i64 {
+        self.ooo_window
     }
 
     /// Appends of samples older than this are refused (see [`Head::cut_below`]).

@@ -18,10 +18,11 @@
 //!   that was served, including which of two conflicting values came first.
 //! - **Idempotency**: a sample whose (series, timestamp) is stored with the same value bits is
 //!   a duplicate and changes nothing; with other bits it is a conflict and the first value
-//!   stays; an older timestamp not stored is out of order and dropped. `append` checks each
-//!   sample against the head before logging it (these verdicts never change once given, since
-//!   the head only grows at the new end), so a retried batch costs no WAL space, and the commit
-//!   thread checks again for races between concurrent appends.
+//!   stays; an older timestamp not stored is kept if it is within the out-of-order window of
+//!   the series' newest sample (and newer than the last block cut), else it is out of order
+//!   and dropped. `append` checks each sample against the head before logging it (a duplicate
+//!   or conflict stays one once stored), so a retried batch costs no WAL space; the commit
+//!   thread decides again, in WAL order, which is what replay repeats.
 //!
 //! # On disk
 //! ```text
@@ -98,6 +99,10 @@ pub struct StoreConfig {
     pub retention_bytes: u64,
     /// How often the maintenance thread cuts, compacts and applies retention (default 1 min).
     pub maintenance_interval: Duration,
+    /// A sample up to this much older than its series' newest one is still stored (default
+    /// 5 min); older ones are counted as out of order and dropped. Replay applies the same
+    /// rule in the same order, so it decides the same.
+    pub out_of_order_window: Duration,
 }
 
 impl StoreConfig {
@@ -109,6 +114,7 @@ impl StoreConfig {
             retention: Duration::from_secs(15 * 24 * 3600),
             retention_bytes: 0,
             maintenance_interval: Duration::from_secs(60),
+            out_of_order_window: Duration::from_secs(300),
         }
     }
 }
@@ -303,6 +309,9 @@ impl Store {
         }
         let (blocks, damaged_blocks) = block::open_all(&blocks_dir)?;
         let mut head = Head::new();
+        head.set_out_of_order_window(
+            i64::try_from(cfg.out_of_order_window.as_millis()).unwrap_or(i64::MAX),
+        );
         // Samples up to the newest block's end are in blocks: replay skips them.
         if let Some(end) = blocks.iter().map(|b| b.meta.max_t).max() {
             head.truncate_below(end.saturating_add(1));
@@ -711,13 +720,14 @@ fn encode_samples(
     };
     let mut logged = s.logged;
     let min_valid_t = head.min_valid_t();
+    let window = head.out_of_order_window();
     for sample in view.samples() {
         if sample.timestamp_ms < min_valid_t {
             // Its time range is already cut into a block.
             stats.out_of_order += 1;
             continue;
         }
-        match s.classify(sample.timestamp_ms, sample.value.to_bits()) {
+        match s.classify(sample.timestamp_ms, sample.value.to_bits(), window) {
             Verdict::Append => {
                 if !logged {
                     // Until a SERIES record is durable, every request carrying samples of

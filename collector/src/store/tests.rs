@@ -206,7 +206,12 @@ async fn reappending_is_idempotent_even_for_older_batches() {
 #[tokio::test]
 async fn out_of_order_and_conflicts_are_counted_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    // Strict order: no out-of-order window.
+    let store = Store::open(StoreConfig {
+        out_of_order_window: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
     let s: &[(&str, &str)] = &[("k", "v")];
     assert_eq!(
         store
@@ -1039,4 +1044,68 @@ fn kill_9_during_cuts_checkpoints_and_compactions_loses_nothing_acknowledged() {
         }
         rt.block_on(async { store.close() });
     }
+}
+
+#[tokio::test]
+async fn samples_within_the_out_of_order_window_are_stored_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        out_of_order_window: Duration::from_millis(1000),
+        block_range: Duration::from_millis(1000),
+        retention: Duration::ZERO,
+        maintenance_interval: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    };
+    let store = Store::open(cfg.clone()).unwrap();
+    let s: &[(&str, &str)] = &[("k", "v")];
+    let ts = [1000, 3000, 2500, 2000, 2500, 2001, 1999, 3000];
+    let got = store
+        .append(&batch(&[(
+            "m",
+            s,
+            &ts.iter().map(|&t| (t, t as f64)).collect::<Vec<_>>(),
+        )]))
+        .await
+        .unwrap();
+    // 2500, 2000 and 2001 are within 1 s of the newest (3000); 1999 is not; the repeats of
+    // 2500 and 3000 are duplicates.
+    assert_eq!(got, stats(5, 2, 1, 0));
+    let conflict = store
+        .append(&batch(&[("m", s, &[(2000, 7.0)])]))
+        .await
+        .unwrap();
+    assert_eq!(
+        conflict,
+        stats(0, 0, 0, 1),
+        "the first value of a timestamp stays"
+    );
+    let want: Vec<i64> = vec![1000, 2000, 2001, 2500, 3000];
+    let times = |store: &Store| -> Vec<i64> {
+        store.select(&[], i64::MIN, i64::MAX)[0]
+            .samples
+            .iter()
+            .map(|x| x.timestamp_ms)
+            .collect()
+    };
+    assert_eq!(times(&store), want);
+    assert_eq!(
+        store.select(&[], 1500, 2600)[0].samples.len(),
+        3,
+        "range reads merge them too"
+    );
+    store.close();
+    drop(store);
+    // Replay makes the same decisions in the same order.
+    let store = Store::open(cfg.clone()).unwrap();
+    assert_eq!(times(&store), want);
+    // Cut into blocks, they stay in order and are not served twice.
+    store
+        .append(&batch(&[("m", s, &[(6000, 6.0)])]))
+        .await
+        .unwrap();
+    assert!(store.maintain().unwrap().blocks_cut > 0);
+    let mut all = want.clone();
+    all.push(6000);
+    assert_eq!(times(&store), all);
+    store.close();
 }
