@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, json};
+use std::sync::Arc;
 
 use crate::ingest::auth::Principal;
 use crate::server::{AppState, Body};
@@ -84,9 +85,48 @@ impl ApiError {
     }
 }
 
+/// Most PromQL queries evaluated at once (Prometheus's --query.max-concurrency default); more
+/// wait for a turn.
+const MAX_CONCURRENT_QUERIES: usize = 20;
+
+static QUERY_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_CONCURRENT_QUERIES);
+
+/// Runs a PromQL query on the blocking pool, so a long evaluation never stalls the async
+/// workers; at most [`MAX_CONCURRENT_QUERIES`] at once.
+async fn evaluate(
+    state: &Arc<AppState>,
+    tenant: &str,
+    params: Params,
+    run: fn(&AppState, Reader<'_>, &Params) -> Result<Data, ApiError>,
+) -> Result<Data, ApiError> {
+    let _slot = QUERY_SLOTS.acquire().await.map_err(|_| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "unavailable",
+        message: "query slots closed".into(),
+    })?;
+    let state = Arc::clone(state);
+    let tenant = tenant.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let reader = Reader {
+            store: &state.store,
+            tenant: &tenant,
+        };
+        run(&state, reader, &params)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: format!("query evaluation failed: {e}"),
+        })
+    })
+}
+
 /// Dispatches `/api/v1/*` requests other than push, for `principal`'s tenant.
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     principal: &Principal,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -111,11 +151,11 @@ pub async fn handle(
     let result = match path.as_str() {
         "/api/v1/query" => {
             state.events.query("query");
-            instant_query(state, reader, &params)
+            evaluate(state, &principal.tenant, params, instant_query).await
         }
         "/api/v1/query_range" => {
             state.events.query("query_range");
-            range_query(state, reader, &params)
+            evaluate(state, &principal.tenant, params, range_query).await
         }
         "/api/v1/series" => {
             state.events.query("series");
@@ -309,21 +349,31 @@ fn eval_error(e: EvalError) -> ApiError {
     }
 }
 
-fn limits(state: &AppState) -> QueryLimits {
+/// The configured limits; a `timeout` parameter may shorten the time budget, never extend it.
+fn limits(state: &AppState, params: &Params) -> Result<QueryLimits, ApiError> {
     let q = &state.config.query;
-    QueryLimits {
+    let mut timeout = q.timeout;
+    if let Some(v) = params.get("timeout").filter(|v| !v.is_empty()) {
+        let ms = parse_step(v).map_err(|_| {
+            bad_data(format!(
+                "invalid parameter \"timeout\": cannot parse \"{v}\" to a valid duration"
+            ))
+        })?;
+        timeout = timeout.min(std::time::Duration::from_millis(ms as u64));
+    }
+    Ok(QueryLimits {
         max_series: q.max_series,
         max_samples: q.max_samples,
-        timeout: q.timeout,
-    }
+        timeout,
+    })
 }
 
 fn instant_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<Data, ApiError> {
     let query = required(params, "query")?;
     let t = time_or(params, "time", sonde_common::model::now_ms())?;
     let lookback = state.config.query.lookback.as_millis() as i64;
-    let value =
-        eval::instant_query(&reader, query, t, lookback, limits(state)).map_err(eval_error)?;
+    let value = eval::instant_query(&reader, query, t, lookback, limits(state, params)?)
+        .map_err(eval_error)?;
     Ok(Data::Raw(result_json(&value, t)))
 }
 
@@ -343,7 +393,8 @@ fn range_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<
         ));
     }
     let lookback = state.config.query.lookback.as_millis() as i64;
-    let result = eval::range_query(&reader, query, start, end, step, lookback, limits(state))
+    let limits = limits(state, params)?;
+    let result = eval::range_query(&reader, query, start, end, step, lookback, limits)
         .map_err(eval_error)?;
     let mut out = String::with_capacity(256);
     write_matrix(&mut out, &result);

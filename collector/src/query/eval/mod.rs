@@ -69,11 +69,20 @@ impl Reader<'_> {
 pub trait SeriesSource {
     /// Series matching all `matchers` with their samples in `[start_ms, end_ms]`.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples>;
+
+    /// How many series [`SeriesSource::select`] would return, without reading their samples.
+    fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
+        self.select(matchers, start_ms, end_ms).len()
+    }
 }
 
 impl SeriesSource for Reader<'_> {
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
         Reader::select(self, matchers, start_ms, end_ms)
+    }
+
+    fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
+        self.series(matchers, start_ms, end_ms).len()
     }
 }
 
@@ -563,14 +572,17 @@ impl<'a> Evaluator<'a> {
         );
         let lo = a.min(b).saturating_sub(range.unwrap_or(self.lookback_ms));
         let hi = a.max(b);
-        let fetched = fetch(self.reader, &sel, lo, hi, range.is_none());
-        self.series += fetched.len();
+        // Counted from the index first, so an oversized selection is refused before its
+        // samples are read.
+        let selected = self.reader.count(&sel.matchers, lo, hi);
+        self.series = self.series.saturating_add(selected);
         if self.series > self.limits.max_series {
             return Err(execution(format!(
                 "query selects more than {} series (--query-max-series); narrow the selectors",
                 self.limits.max_series
             )));
         }
+        let fetched = fetch(self.reader, &sel, lo, hi, range.is_none());
         self.charge(fetched.iter().map(|f| f.samples.len()).sum())?;
         self.data.insert(select::key(vs), fetched);
         Ok(())
