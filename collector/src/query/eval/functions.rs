@@ -527,7 +527,11 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalEr
             let v = ev.eval_vector(arg(c, 0)?, t)?;
             let dst = ev.eval_string(arg(c, 1)?, t)?;
             let sep = ev.eval_string(arg(c, 2)?, t)?;
-            let srcs = c.args.args[3..]
+            let srcs = c
+                .args
+                .args
+                .get(3..)
+                .unwrap_or_default()
                 .iter()
                 .map(|a| ev.eval_string(a, t))
                 .collect::<Result<Vec<_>, _>>()?;

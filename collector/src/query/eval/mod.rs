@@ -277,8 +277,59 @@ impl Default for QueryLimits {
 const TOO_MANY_SAMPLES: &str =
     "query processing would load too many samples into memory in query execution";
 
+/// Deepest expression accepted: parsing and evaluating recurse once per level, so an untrusted
+/// query must not nest deeper than the stack allows. Real queries stay far below.
+const MAX_NESTING: usize = 250;
+
+/// An upper bound of the depth of `query`'s syntax tree, from the text alone: the deepest
+/// bracket nesting plus the number of operators (a chain `a + b + c ...` nests once per
+/// operator). Quoted strings are skipped.
+fn nesting_bound(query: &str) -> usize {
+    let (mut depth, mut max_depth, mut operators) = (0usize, 0usize, 0usize);
+    let mut chars = query.chars().peekable();
+    let mut word = String::new();
+    let end_word = |word: &mut String, operators: &mut usize| {
+        if matches!(word.as_str(), "and" | "or" | "unless" | "atan2") {
+            *operators += 1;
+        }
+        word.clear();
+    };
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        end_word(&mut word, &mut operators);
+        match c {
+            '"' | '\'' | '`' => {
+                while let Some(d) = chars.next() {
+                    if d == '\\' && c != '`' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' => operators += 1,
+            _ => {}
+        }
+    }
+    end_word(&mut word, &mut operators);
+    max_depth + operators
+}
+
 /// Parses a query; the parser's errors (and, defensively, its panics) become `bad_data`.
 pub fn parse(query: &str) -> Result<Expr, String> {
+    if nesting_bound(query) > MAX_NESTING {
+        return Err(format!(
+            "query is nested too deeply: more than {MAX_NESTING} levels of brackets and operators"
+        ));
+    }
     match std::panic::catch_unwind(|| parser::parse(query)) {
         Ok(r) => r,
         Err(_) => Err(format!("cannot parse query {query:?}")),

@@ -274,3 +274,31 @@ proptest! {
         let _ = range_query(&src, &q, 0, 60_000, 15_000, LOOKBACK, QueryLimits::default());
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_not_overflowing() {
+    // Run on a thread with the blocking pool's 2 MiB stack.
+    let r = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let src = mem(&[]);
+            let ok = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+            assert_eq!(instant(&src, &ok, 0), Ok(Value::Scalar(1.0)));
+            for q in [
+                format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000)),
+                format!("1{}", "+1".repeat(100_000)),
+                format!("up{}", " and up".repeat(10_000)),
+                format!("{}up{}", "sum(".repeat(5_000), ")".repeat(5_000)),
+            ] {
+                assert!(
+                    matches!(instant(&src, &q, 0), Err(EvalError::BadData(m)) if m.contains("nested too deeply"))
+                );
+            }
+            // Operators inside strings do not count.
+            let q = format!(r#"up{{a="{}"}}"#, "(+".repeat(1000));
+            assert!(instant(&src, &q, 0).is_ok());
+        })
+        .unwrap()
+        .join();
+    assert!(r.is_ok());
+}
