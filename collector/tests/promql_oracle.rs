@@ -164,6 +164,21 @@ fn data(t0: i64) -> WriteRequest {
             .map(|i| (ts(i, 0), i as f64 / 4.0))
             .collect(),
     ));
+    // Gauges holding NaN and infinities (plain NaN, not the stale marker).
+    let cycles: [&[f64]; 3] = [
+        &[1.0, f64::NAN, f64::INFINITY, -2.0, f64::NAN, 7.5],
+        &[3.0, 3.0, f64::NAN, f64::NEG_INFINITY, 0.5],
+        &[0.25, -1.5, 4.0, 2.0],
+    ];
+    for (inst, cycle) in ["a", "b", "c"].into_iter().zip(cycles) {
+        out.push(series(
+            "nan_gauge",
+            &[("instance", inst)],
+            (0..POINTS)
+                .map(|i| (ts(i, 0), cycle[i as usize % cycle.len()]))
+                .collect(),
+        ));
+    }
     WriteRequest { timeseries: out }
 }
 
@@ -384,6 +399,30 @@ const QUERIES: &[&str] = &[
     r#"{job="api"}"#,
     "42",
     r#""hello""#,
+    // NaN and infinities through aggregations, sorting and comparisons.
+    "nan_gauge",
+    "max(nan_gauge)",
+    "min(nan_gauge)",
+    "sum(nan_gauge)",
+    "avg(nan_gauge)",
+    "stddev(nan_gauge)",
+    "quantile(0.5, nan_gauge)",
+    "sort(nan_gauge)",
+    "sort_desc(nan_gauge)",
+    "topk(2, nan_gauge)",
+    "bottomk(2, nan_gauge)",
+    r#"count_values("v", nan_gauge)"#,
+    "nan_gauge > 0",
+    "nan_gauge != bool nan_gauge",
+    "max_over_time(nan_gauge[2m])",
+    "min_over_time(nan_gauge[2m])",
+    "avg_over_time(nan_gauge[2m])",
+    "sum_over_time(nan_gauge[2m])",
+    "changes(nan_gauge[5m])",
+    "clamp(nan_gauge, -1, 1)",
+    "round(nan_gauge)",
+    "rate(nan_gauge[5m])",
+    "deriv(nan_gauge[5m])",
     // Errors Prometheus gives the same way.
     "http_requests_total * on(instance) node_info",
     "node_info + on(job) http_requests_total",
