@@ -800,3 +800,69 @@ fn promql_answers_match_prometheus() {
         failures.join("\n\n")
     );
 }
+
+/// The query limits answer with Prometheus's error shapes instead of loading everything.
+#[test]
+fn query_limits_refuse_with_prometheus_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sonde = Proc::spawn(
+        "sonde-collector",
+        PathBuf::from(env!("CARGO_BIN_EXE_sonde-collector")),
+        &[
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--query-max-series",
+            "5",
+            "--query-max-samples",
+            "500",
+        ],
+    );
+    wait_until(Duration::from_secs(30), "sonde ready", || {
+        matches!(http_get(port, "/readyz"), Ok((200, _)))
+    });
+    let t0 = (now_ms() / MIN) * MIN - 55 * MIN;
+    let (status, body) = write(port, &remote_write::encode(&data(t0)));
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let at = secs(t0 + 40 * MIN);
+    let cases = [
+        // 3 series: within the limits.
+        (
+            format!("/api/v1/query?query=node_temp&time={at}"),
+            200,
+            "",
+            "",
+        ),
+        // Twelve series of buckets.
+        (
+            format!("/api/v1/query?query=req_duration_seconds_bucket&time={at}"),
+            422,
+            "execution",
+            "--query-max-series",
+        ),
+        // 3 series of 200 samples.
+        (
+            format!("/api/v1/query?query=node_temp%5B1h%5D&time={at}"),
+            422,
+            "execution",
+            "too many samples",
+        ),
+        (
+            format!("/api/v1/query?query=node_temp&time={at}&timeout=soon"),
+            400,
+            "bad_data",
+            "timeout",
+        ),
+    ];
+    for (path, want_status, want_type, want_msg) in cases {
+        let (status, body, v) = get_json(port, &path);
+        assert_eq!(status, want_status, "{path}: {body}");
+        if want_status != 200 {
+            assert_eq!(v["status"], "error", "{body}");
+            assert_eq!(v["errorType"], want_type, "{body}");
+            assert!(v["error"].as_str().unwrap().contains(want_msg), "{body}");
+        }
+    }
+}

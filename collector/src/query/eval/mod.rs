@@ -546,7 +546,8 @@ pub(crate) struct Evaluator<'a> {
     lookback_ms: i64,
     limits: QueryLimits,
     deadline: Instant,
-    data: HashMap<usize, Vec<Fetched>>,
+    /// Per selector node: its converted form and the series it read.
+    data: HashMap<usize, (select::Selector, Vec<Fetched>)>,
     series: usize,
     samples: std::cell::Cell<usize>,
 }
@@ -635,16 +636,15 @@ impl<'a> Evaluator<'a> {
         }
         let fetched = fetch(self.reader, &sel, lo, hi, range.is_none());
         self.charge(fetched.iter().map(|f| f.samples.len()).sum())?;
-        self.data.insert(select::key(vs), fetched);
+        self.data.insert(select::key(vs), (sel, fetched));
         Ok(())
     }
 
     fn selector_data(
         &self,
         vs: &VectorSelector,
-    ) -> Result<(&[Fetched], select::Selector), EvalError> {
-        let sel = select::selector(vs).map_err(EvalError::BadData)?;
-        let data = self
+    ) -> Result<(&[Fetched], &select::Selector), EvalError> {
+        let (sel, data) = self
             .data
             .get(&select::key(vs))
             .ok_or_else(|| execution("internal error: selector data was not read"))?;
@@ -658,7 +658,7 @@ impl<'a> Evaluator<'a> {
         t: i64,
     ) -> Result<Vec<(&Labels, Sample)>, EvalError> {
         let (data, sel) = self.selector_data(vs)?;
-        let rt = read_time(&sel, t, self.start, self.end);
+        let rt = read_time(sel, t, self.start, self.end);
         Ok(data
             .iter()
             .filter_map(|f| {
@@ -675,7 +675,7 @@ impl<'a> Evaluator<'a> {
         t: i64,
     ) -> Result<(i64, Windows<'_>), EvalError> {
         let (data, sel) = self.selector_data(&ms.vs)?;
-        let rt = read_time(&sel, t, self.start, self.end);
+        let rt = read_time(sel, t, self.start, self.end);
         let range = range_ms(ms);
         Ok((
             rt,
