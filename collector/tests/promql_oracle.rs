@@ -164,6 +164,15 @@ fn data(t0: i64) -> WriteRequest {
             .map(|i| (ts(i, 0), i as f64 / 4.0))
             .collect(),
     ));
+    // Label values JSON must escape.
+    out.push(series(
+        "escaped_labels",
+        &[(
+            "v",
+            "quote\" backslash\\ <tag> & é \u{1}\u{8}\u{c}\n\t\u{2028}",
+        )],
+        (0..POINTS).map(|i| (ts(i, 0), i as f64)).collect(),
+    ));
     // Gauges holding NaN and infinities (plain NaN, not the stale marker).
     let cycles: [&[f64]; 3] = [
         &[1.0, f64::NAN, f64::INFINITY, -2.0, f64::NAN, 7.5],
@@ -734,6 +743,7 @@ fn promql_answers_match_prometheus() {
         "nonexistent",
         "vector(0.1)",
         r#"rate(http_requests_total{instance="b"}[5m])"#,
+        "escaped_labels",
     ] {
         let path = format!("/api/v1/query?query={}&time={t}", encode(q));
         let (_, pbody, _) = get_json(prom_port, &path);

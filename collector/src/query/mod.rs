@@ -238,8 +238,30 @@ fn write_timestamp(out: &mut String, ms: i64) {
     }
 }
 
+/// Appends `s` as a JSON string escaped as Prometheus's encoder escapes it: `<`, `>`, `&`,
+/// U+2028 and U+2029 as `\u` escapes besides quotes, backslashes and control characters.
 fn write_string(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
+                let b = c as u32 as usize;
+                out.push_str("\\u00");
+                out.push(HEX[b >> 4] as char);
+                out.push(HEX[b & 0xf] as char);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// A scalar's or string's time, as Prometheus writes it there: a plain float of seconds.
@@ -471,4 +493,37 @@ fn label_values(
     values.sort();
     values.dedup();
     Ok(json!(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_written_as_prometheus_writes_it() {
+        let mut out = String::new();
+        for ms in [
+            1_435_781_451_781,
+            1_435_781_451_500,
+            1_435_781_451_000,
+            5,
+            -1_500,
+        ] {
+            write_timestamp(&mut out, ms);
+            out.push(' ');
+        }
+        assert_eq!(
+            out,
+            "1435781451.781 1435781451.500 1435781451 0.005 -1.500 "
+        );
+        let mut out = String::new();
+        write_float_seconds(&mut out, 1_435_781_451_500);
+        write_float_seconds(&mut out, 1_435_781_451_000);
+        assert_eq!(out, "1435781451.51435781451");
+        let mut out = String::new();
+        write_string(&mut out, "a\"b\\c<d>&\u{1}\u{8}\n\u{2028}é");
+        assert_eq!(out, r#""a\"b\\c\u003cd\u003e\u0026\u0001\u0008\n\u2028é""#);
+        let parsed: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed, "a\"b\\c<d>&\u{1}\u{8}\n\u{2028}é");
+    }
 }
