@@ -8,6 +8,8 @@
 //! then reads the store once for the whole query window (bounded by [`QueryLimits`]); finally the
 //! expression is evaluated at each step, Prometheus style, from that data.
 //!
+//! - [`check`]: what is refused before evaluation;
+//! - [`value`]: label sets, values and errors;
 //! - [`select`]: selectors, instant selection (lookback, staleness) and range windows;
 //! - [`functions`]: function calls;
 //! - [`aggregate`]: `sum`, `topk`, `quantile`, ... with `by`/`without`;
@@ -15,20 +17,24 @@
 
 mod aggregate;
 mod binary;
+mod check;
 mod functions;
 mod select;
+mod value;
 
+pub use check::{check, parse};
 pub use select::{At, Selector, SeriesPoints, eval_vector, metric_labels, series_selector};
+pub use value::{Elem, EvalError, Labels, RangeSeries, Value};
 
 use promql_parser::parser::value::ValueType;
-use promql_parser::parser::{self, Expr, MatrixSelector, VectorSelector};
+use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
 use sonde_common::model::{Sample, Series};
-use std::collections::{HashMap, HashSet};
-use std::fmt;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::store::{Matcher, SeriesSamples, Store};
-use select::{Fetched, fetch, instant_sample, range_window, read_time, unwrap_parens};
+use select::{Fetched, fetch, instant_sample, range_window, read_time};
+use value::{Windows, ensure_unique, execution, unsupported};
 
 /// The store as one tenant sees it: every read goes through the tenant's namespace.
 #[derive(Clone, Copy)]
@@ -92,167 +98,6 @@ pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 /// Prometheus's cap on points per series in a range query.
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
-/// A label set, sorted by name, `__name__` included like any label; no empty values.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
-
-impl Labels {
-    pub fn from_series(series: &Series) -> Labels {
-        let mut v = Vec::with_capacity(series.labels.len() + 1);
-        if !series.name.is_empty() {
-            v.push(("__name__".to_owned(), series.name.clone()));
-        }
-        v.extend(
-            series
-                .labels
-                .iter()
-                .filter(|l| !l.value.is_empty())
-                .map(|l| (l.name.clone(), l.value.clone())),
-        );
-        v.sort();
-        v.dedup_by(|a, b| a.0 == b.0);
-        Labels(v)
-    }
-
-    #[cfg(test)]
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> Labels {
-        let mut l = Labels::default();
-        for (n, v) in pairs {
-            l.set(n, v);
-        }
-        l
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
-    }
-
-    /// The value of `name`, `""` when absent (as Prometheus reads a missing label).
-    pub fn get(&self, name: &str) -> &str {
-        self.0
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .map(|i| self.0[i].1.as_str())
-            .unwrap_or("")
-    }
-
-    /// Sets `name`; an empty value removes it.
-    pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-            Ok(i) if value.is_empty() => {
-                self.0.remove(i);
-            }
-            Ok(i) => self.0[i].1 = value.to_owned(),
-            Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
-        }
-    }
-
-    pub fn del(&mut self, name: &str) {
-        self.0.retain(|(n, _)| n != name);
-    }
-
-    pub fn drop_name(&mut self) {
-        self.del("__name__");
-    }
-
-    pub fn without_name(&self) -> Labels {
-        let mut l = self.clone();
-        l.drop_name();
-        l
-    }
-
-    /// Only the labels in `names`.
-    pub fn keep(&self, names: &[String]) -> Labels {
-        Labels(
-            self.0
-                .iter()
-                .filter(|(n, _)| names.iter().any(|k| k == n))
-                .cloned()
-                .collect(),
-        )
-    }
-
-    /// All labels but those in `names`.
-    pub fn remove(&self, names: &[String]) -> Labels {
-        Labels(
-            self.0
-                .iter()
-                .filter(|(n, _)| !names.iter().any(|k| k == n))
-                .cloned()
-                .collect(),
-        )
-    }
-}
-
-impl fmt::Display for Labels {
-    /// Prometheus's `labels.String()`: `{a="1", b="2"}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
-        for (i, (n, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{n}={v:?}")?;
-        }
-        f.write_str("}")
-    }
-}
-
-/// Per series, its samples in a range window.
-pub(crate) type Windows<'d> = Vec<(&'d Labels, &'d [Sample])>;
-
-/// One element of an instant vector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Elem {
-    pub labels: Labels,
-    pub value: f64,
-}
-
-/// One series of a range vector or range-query result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RangeSeries {
-    pub labels: Labels,
-    pub points: Vec<Sample>,
-}
-
-/// The value of an expression at one evaluation time.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Scalar(f64),
-    String(String),
-    Vector(Vec<Elem>),
-    Matrix(Vec<RangeSeries>),
-}
-
-/// Why a query failed, in the classes Prometheus's HTTP API distinguishes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvalError {
-    /// The query cannot be run as written (syntax, unsupported construct): 400 `bad_data`.
-    BadData(String),
-    /// Evaluation failed (matching error, limit exceeded): 422 `execution`.
-    Execution(String),
-    /// The query ran past its time budget: 503 `timeout`.
-    Timeout(String),
-}
-
-impl fmt::Display for EvalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EvalError::BadData(m) | EvalError::Execution(m) | EvalError::Timeout(m) => {
-                f.write_str(m)
-            }
-        }
-    }
-}
-
-fn unsupported(what: impl fmt::Display) -> EvalError {
-    EvalError::BadData(format!("unsupported expression: {what}"))
-}
-
-fn execution(msg: impl Into<String>) -> EvalError {
-    EvalError::Execution(msg.into())
-}
-
 /// What one query may cost the process.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
@@ -276,65 +121,6 @@ impl Default for QueryLimits {
 
 const TOO_MANY_SAMPLES: &str =
     "query processing would load too many samples into memory in query execution";
-
-/// Deepest expression accepted: parsing and evaluating recurse once per level, so an untrusted
-/// query must not nest deeper than the stack allows. Real queries stay far below.
-const MAX_NESTING: usize = 250;
-
-/// An upper bound of the depth of `query`'s syntax tree, from the text alone: the deepest
-/// bracket nesting plus the number of operators (a chain `a + b + c ...` nests once per
-/// operator). Quoted strings are skipped.
-fn nesting_bound(query: &str) -> usize {
-    let (mut depth, mut max_depth, mut operators) = (0usize, 0usize, 0usize);
-    let mut chars = query.chars().peekable();
-    let mut word = String::new();
-    let end_word = |word: &mut String, operators: &mut usize| {
-        if matches!(word.as_str(), "and" | "or" | "unless" | "atan2") {
-            *operators += 1;
-        }
-        word.clear();
-    };
-    while let Some(c) = chars.next() {
-        if c.is_alphanumeric() || c == '_' {
-            word.push(c);
-            continue;
-        }
-        end_word(&mut word, &mut operators);
-        match c {
-            '"' | '\'' | '`' => {
-                while let Some(d) = chars.next() {
-                    if d == '\\' && c != '`' {
-                        chars.next();
-                    } else if d == c {
-                        break;
-                    }
-                }
-            }
-            '(' | '[' | '{' => {
-                depth += 1;
-                max_depth = max_depth.max(depth);
-            }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' => operators += 1,
-            _ => {}
-        }
-    }
-    end_word(&mut word, &mut operators);
-    max_depth + operators
-}
-
-/// Parses a query; the parser's errors (and, defensively, its panics) become `bad_data`.
-pub fn parse(query: &str) -> Result<Expr, String> {
-    if nesting_bound(query) > MAX_NESTING {
-        return Err(format!(
-            "query is nested too deeply: more than {MAX_NESTING} levels of brackets and operators"
-        ));
-    }
-    match std::panic::catch_unwind(|| parser::parse(query)) {
-        Ok(r) => r,
-        Err(_) => Err(format!("cannot parse query {query:?}")),
-    }
-}
 
 /// Evaluates `query` at `t` (an instant query).
 pub fn instant_query(
@@ -417,125 +203,6 @@ pub fn range_query(
         .collect();
     result.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(result)
-}
-
-const SUPPORTED_FUNCTIONS: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "idelta",
-    "deriv",
-    "predict_linear",
-    "changes",
-    "resets",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "last_over_time",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "quantile_over_time",
-    "present_over_time",
-    "absent_over_time",
-    "histogram_quantile",
-    "abs",
-    "ceil",
-    "floor",
-    "sqrt",
-    "exp",
-    "ln",
-    "log2",
-    "log10",
-    "sgn",
-    "round",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
-    "time",
-    "vector",
-    "scalar",
-    "timestamp",
-    "sort",
-    "sort_desc",
-    "label_replace",
-    "label_join",
-    "absent",
-];
-
-const SUPPORTED_AGGREGATIONS: &[&str] = &[
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "count",
-    "stddev",
-    "stdvar",
-    "topk",
-    "bottomk",
-    "quantile",
-    "count_values",
-    "group",
-];
-
-/// Refuses, with a message naming it, every construct this evaluator does not implement.
-pub fn check(expr: &Expr) -> Result<(), EvalError> {
-    match expr {
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
-        Expr::Paren(p) => check(&p.expr),
-        Expr::Unary(u) => check(&u.expr),
-        Expr::VectorSelector(vs) => select::selector(vs).map(|_| ()).map_err(EvalError::BadData),
-        Expr::MatrixSelector(ms) => select::selector(&ms.vs)
-            .map(|_| ())
-            .map_err(EvalError::BadData),
-        Expr::Subquery(_) => Err(unsupported(format!(
-            "subquery '{expr}' (subqueries are not supported)"
-        ))),
-        Expr::Extension(_) => Err(unsupported("extension expression")),
-        Expr::Aggregate(a) => {
-            let op = a.op.to_string();
-            if !SUPPORTED_AGGREGATIONS.contains(&op.as_str()) {
-                return Err(unsupported(format!("aggregation '{op}' is not supported")));
-            }
-            if let Some(p) = &a.param {
-                check(p)?;
-            }
-            check(&a.expr)
-        }
-        Expr::Binary(b) => {
-            let op = b.op.to_string();
-            if op == "atan2" {
-                return Err(unsupported("binary operator 'atan2' is not supported"));
-            }
-            if let Some(m) = &b.modifier
-                && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
-            {
-                return Err(unsupported("fill modifiers are not supported"));
-            }
-            check(&b.lhs)?;
-            check(&b.rhs)
-        }
-        Expr::Call(c) => {
-            let name = c.func.name;
-            if !SUPPORTED_FUNCTIONS.contains(&name) {
-                return Err(unsupported(format!("function '{name}' is not supported")));
-            }
-            for (i, arg) in c.args.args.iter().enumerate() {
-                if c.func.arg_types.get(i) == Some(&ValueType::Matrix)
-                    && !matches!(unwrap_parens(arg), Expr::MatrixSelector(_))
-                {
-                    check(arg)?;
-                    return Err(unsupported(format!(
-                        "argument '{arg}' of {name}(): only range selectors such as x[5m] are supported"
-                    )));
-                }
-                check(arg)?;
-            }
-            Ok(())
-        }
-    }
 }
 
 /// Evaluation state of one query: its time range, the data each selector read, and the budget.
@@ -764,19 +431,6 @@ impl<'a> Evaluator<'a> {
 
 fn range_ms(ms: &MatrixSelector) -> i64 {
     i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-/// Prometheus's check after functions and operators: no two elements with the same labels.
-pub(crate) fn ensure_unique(v: &[Elem]) -> Result<(), EvalError> {
-    if v.len() > 1 {
-        let mut seen = HashSet::with_capacity(v.len());
-        if !v.iter().all(|e| seen.insert(&e.labels)) {
-            return Err(execution(
-                "vector cannot contain metrics with the same labelset",
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
