@@ -301,8 +301,10 @@ impl<'a> Evaluator<'a> {
                 self.limits.max_series
             )));
         }
-        let fetched = fetch(self.reader, &sel, lo, hi, range.is_none());
-        self.charge(fetched.iter().map(|f| f.samples.len()).sum())?;
+        let fetched = fetch(self.reader, &sel, (lo, hi), range.is_none(), &mut |n| {
+            self.check_deadline()?;
+            self.charge(n)
+        })?;
         self.data.insert(select::key(vs), (sel, fetched));
         Ok(())
     }

@@ -7,8 +7,9 @@ use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 use sonde_common::model::{Label, Sample, Series};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Labels, Reader, STALE_NAN_BITS, SeriesSource};
+use super::{EvalError, Labels, Reader, STALE_NAN_BITS, SeriesSource};
 use crate::store::Matcher;
+use std::collections::HashMap;
 
 /// A selector as the store understands it, with its time modifiers.
 #[derive(Debug, Clone)]
@@ -111,29 +112,50 @@ pub struct Fetched {
     pub samples: Vec<Sample>,
 }
 
+/// How much time one store read covers: a long window is read slice by slice, so the sample
+/// budget is checked before the next slice is loaded.
+pub const FETCH_SLICE_MS: i64 = 2 * 3600 * 1000;
+
 /// Reads the series `sel` selects over `[lo, hi]`; stale markers are kept for instant
 /// selection (they end a series) and dropped for range selection (they are not samples).
+/// `budget` is told how many samples each slice added and stops the read by failing.
 pub fn fetch(
     reader: &dyn SeriesSource,
     sel: &Selector,
-    lo: i64,
-    hi: i64,
+    (lo, hi): (i64, i64),
     keep_stale: bool,
-) -> Vec<Fetched> {
-    reader
-        .select(&sel.matchers, lo, hi)
-        .into_iter()
-        .map(|data| {
+    budget: &mut dyn FnMut(usize) -> Result<(), EvalError>,
+) -> Result<Vec<Fetched>, EvalError> {
+    let mut out: Vec<Fetched> = Vec::new();
+    let mut index: HashMap<Series, usize> = HashMap::new();
+    let mut from = lo;
+    while from <= hi {
+        let to = from.saturating_add(FETCH_SLICE_MS - 1).min(hi);
+        let mut added = 0;
+        for data in reader.select(&sel.matchers, from, to) {
             let mut samples = data.samples;
             if !keep_stale {
                 samples.retain(|s| !is_stale(s));
             }
-            Fetched {
-                labels: Labels::from_series(&data.series),
-                samples,
+            added += samples.len();
+            match index.get(&data.series) {
+                Some(&i) => out[i].samples.extend(samples),
+                None => {
+                    out.push(Fetched {
+                        labels: Labels::from_series(&data.series),
+                        samples,
+                    });
+                    index.insert(data.series, out.len() - 1);
+                }
             }
-        })
-        .collect()
+        }
+        budget(added)?;
+        if to == hi {
+            break;
+        }
+        from = to + 1;
+    }
+    Ok(out)
 }
 
 /// The newest sample at or before `rt`, if it is within the lookback and not a stale marker.

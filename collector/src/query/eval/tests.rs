@@ -302,3 +302,68 @@ fn deep_nesting_is_refused_not_overflowing() {
         .join();
     assert!(r.is_ok());
 }
+
+/// Counts the reads that reach the source.
+struct Counting<'a>(&'a Mem, std::cell::Cell<usize>);
+
+impl SeriesSource for Counting<'_> {
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        self.1.set(self.1.get() + 1);
+        self.0.select(matchers, start_ms, end_ms)
+    }
+
+    fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
+        self.0.select(matchers, start_ms, end_ms).len()
+    }
+}
+
+#[test]
+fn long_windows_are_read_in_slices_within_the_budget() {
+    // Ten hours of one sample a minute, in two series (one starts after the first slice).
+    let hour = 3_600_000;
+    let a: Vec<(i64, f64)> = (0..600).map(|i| (i * 60_000, i as f64)).collect();
+    let b: Vec<(i64, f64)> = (200..600).map(|i| (i * 60_000, -(i as f64))).collect();
+    let src = mem(&[("g", &[("s", "a")], &a), ("g", &[("s", "b")], &b)]);
+    let counting = Counting(&src, std::cell::Cell::new(0));
+    let r = instant_query(
+        &counting,
+        "count_over_time(g[10h])",
+        10 * hour - 60_000,
+        LOOKBACK,
+        QueryLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        values(r),
+        [("{s=\"a\"}".into(), 600.0), ("{s=\"b\"}".into(), 400.0)]
+    );
+    // The closed window [t - 10h, t] is one millisecond longer than five 2h slices.
+    assert_eq!(counting.1.get(), 6);
+    // Samples in order across slice boundaries: the last value is the newest.
+    let r = instant_query(
+        &src,
+        "last_over_time(g[10h])",
+        10 * hour,
+        LOOKBACK,
+        QueryLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(values(r)[0].1, 599.0);
+    // Over the budget: the read stops after the first slice.
+    let counting = Counting(&src, std::cell::Cell::new(0));
+    let small = QueryLimits {
+        max_samples: 100,
+        ..QueryLimits::default()
+    };
+    assert!(matches!(
+        instant_query(
+            &counting,
+            "count_over_time(g[10h])",
+            10 * hour - 60_000,
+            LOOKBACK,
+            small
+        ),
+        Err(EvalError::Execution(_))
+    ));
+    assert_eq!(counting.1.get(), 1);
+}
