@@ -575,6 +575,16 @@ fn compare_data(query: &str, p: &Value, s: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The field names of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
 /// Whether Prometheus answered with data (not an error, not an empty result).
 fn has_data(v: &Value) -> bool {
     v["status"] == "success" && v["data"]["result"].as_array().is_none_or(|r| !r.is_empty())
@@ -593,6 +603,9 @@ fn compare(query: &str, prom: u16, sonde: u16, path: &str) -> Result<bool, Strin
     };
     if ps != ss || pv["status"] != sv["status"] {
         return Err(describe("status differs".into()));
+    }
+    if keys(&pv) != keys(&sv) || keys(&pv["data"]) != keys(&sv["data"]) {
+        return Err(describe("the JSON objects have different fields".into()));
     }
     if pv["status"] == "error" {
         if pv["errorType"] != sv["errorType"] {
@@ -780,7 +793,11 @@ fn promql_answers_match_prometheus() {
         let path = format!("/api/v1/query?query={}&time={t}", encode(q));
         let (ps, _, pv) = get_json(prom_port, &path);
         let (ss, sbody, sv) = get_json(sonde_port, &path);
-        if ps != ss || pv["status"] != sv["status"] || pv["errorType"] != sv["errorType"] {
+        if ps != ss
+            || pv["status"] != sv["status"]
+            || pv["errorType"] != sv["errorType"]
+            || keys(&pv) != keys(&sv)
+        {
             failures.push(format!(
                 "error differs for {q}: prometheus {ps} {pv}, sonde {ss} {sbody}"
             ));
