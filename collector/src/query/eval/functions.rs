@@ -1,7 +1,7 @@
 //! Function calls, after Prometheus's promql/functions.go: range-vector functions (`rate` and
 //! its extrapolation, `*_over_time`, ...), `histogram_quantile`, value transforms and label
-//! manipulation. Functions that change a value's meaning drop the metric name, as Prometheus's
-//! do; `last_over_time`, `sort*`, `label_*` and `clamp*`... follow Prometheus exactly.
+//! manipulation. As in Prometheus, functions that change a value's meaning drop the metric name;
+//! `last_over_time`, `sort`, `sort_desc`, `label_replace` and `label_join` keep it.
 
 use promql_parser::parser::{Call, Expr, MatrixSelector};
 use sonde_common::model::Sample;
