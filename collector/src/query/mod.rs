@@ -100,11 +100,19 @@ async fn evaluate(
     params: Params,
     run: fn(&AppState, Reader<'_>, &Params) -> Result<Data, ApiError>,
 ) -> Result<Data, ApiError> {
-    let _slot = QUERY_SLOTS.acquire().await.map_err(|_| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "unavailable",
-        message: "query slots closed".into(),
-    })?;
+    // Waiting for a turn is bounded by the query timeout too.
+    let _slot = tokio::time::timeout(state.config.query.timeout, QUERY_SLOTS.acquire())
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "timeout",
+            message: "query timed out waiting for an evaluation slot".into(),
+        })?
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message: "query slots closed".into(),
+        })?;
     let state = Arc::clone(state);
     let tenant = tenant.to_owned();
     tokio::task::spawn_blocking(move || {
