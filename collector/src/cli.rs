@@ -141,6 +141,20 @@ pub struct Cli {
     #[arg(long, env = "SONDE_QUERY_LOOKBACK", default_value = "5m")]
     pub query_lookback: String,
 
+    /// Most series one query's selectors may select together; beyond it the query fails with
+    /// 422 instead of loading them.
+    #[arg(long, env = "SONDE_QUERY_MAX_SERIES", default_value_t = 100_000)]
+    pub query_max_series: usize,
+
+    /// Most samples one query may load plus points it may produce (Prometheus's
+    /// --query.max-samples); beyond it the query fails with 422.
+    #[arg(long, env = "SONDE_QUERY_MAX_SAMPLES", default_value_t = 50_000_000)]
+    pub query_max_samples: usize,
+
+    /// Longest a query may run before it is abandoned with 503 (Prometheus's --query.timeout).
+    #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value = "2m")]
+    pub query_timeout: String,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_collector=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

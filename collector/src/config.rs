@@ -44,6 +44,12 @@ pub struct StorageConfig {
 #[derive(Clone, Debug)]
 pub struct QueryConfig {
     pub lookback: Duration,
+    /// Most series one query's selectors may select together.
+    pub max_series: usize,
+    /// Most samples one query may load plus points it may produce.
+    pub max_samples: usize,
+    /// Longest one query may run.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +167,9 @@ impl TryFrom<Cli> for Config {
             ingest,
             query: QueryConfig {
                 lookback: duration("query-lookback", &cli.query_lookback)?,
+                max_series: positive("query-max-series", cli.query_max_series)?,
+                max_samples: positive("query-max-samples", cli.query_max_samples)?,
+                timeout: duration("query-timeout", &cli.query_timeout)?,
             },
         })
     }

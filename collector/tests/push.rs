@@ -182,7 +182,8 @@ fn query_api_shapes_and_errors_match_prometheus() {
     assert_eq!(data["resultType"], "vector");
     assert_eq!(
         data["result"],
-        serde_json::json!([{"metric": {"__name__": "up", "instance": "a:1", "job": "node"}, "value": [t, "42"]}])
+        // Whole seconds are written as integers, as Prometheus does.
+        serde_json::json!([{"metric": {"__name__": "up", "instance": "a:1", "job": "node"}, "value": [now / 1000, "42"]}])
     );
     assert_eq!(
         query(port, "up{job!=\"node\"}", Some(t))["result"][0]["metric"]["job"],
@@ -202,7 +203,7 @@ fn query_api_shapes_and_errors_match_prometheus() {
     );
     assert_eq!(
         query(port, "1+1", Some(t))["result"],
-        serde_json::json!([t, "2"])
+        serde_json::json!([now / 1000, "2"])
     );
 
     let (status, body) = http_get(
@@ -255,7 +256,7 @@ fn query_api_shapes_and_errors_match_prometheus() {
         "/api/v1/query?query=up%7B",
         "/api/v1/series",
         "/api/v1/query_range?query=up&start=x&end=1&step=1",
-        "/api/v1/query?query=rate(up%5B5m%5D)",
+        "/api/v1/query?query=rate(up%5B5m%3A1m%5D)",
     ] {
         let (status, body) = http_get(port, path).unwrap();
         assert_eq!(status, 400, "{path}: {body}");
