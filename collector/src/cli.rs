@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, env = "SONDE_OUT_OF_ORDER_WINDOW", default_value = "5m")]
     pub out_of_order_window: String,
 
+    /// How often the embedded store cuts its head into blocks, checkpoints the WAL, compacts
+    /// and applies retention.
+    #[arg(long, env = "SONDE_MAINTENANCE_INTERVAL", default_value = "1m")]
+    pub maintenance_interval: String,
+
     /// Prometheus remote-write URL to forward every accepted batch to (repeatable: each gets its
     /// own disk queue under --data-dir/queues). With any, the embedded store is no longer
     /// written: VictoriaMetrics, Mimir, Thanos Receive or Prometheus hold the data.

@@ -39,6 +39,7 @@ pub struct StorageConfig {
     pub retention_bytes: u64,
     pub block_range: Duration,
     pub out_of_order_window: Duration,
+    pub maintenance_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +120,18 @@ impl TryFrom<Cli> for Config {
                 retention: duration("retention", &cli.retention)?,
                 retention_bytes: cli.retention_size,
                 out_of_order_window: duration("out-of-order-window", &cli.out_of_order_window)?,
+                maintenance_interval: match duration(
+                    "maintenance-interval",
+                    &cli.maintenance_interval,
+                )? {
+                    d if d.is_zero() => {
+                        return Err(ConfigError::Invalid {
+                            flag: "maintenance-interval",
+                            reason: "must be greater than zero".into(),
+                        });
+                    }
+                    d => d,
+                },
                 block_range: match duration("block-range", &cli.block_range)? {
                     d if d < Duration::from_secs(1) => {
                         return Err(ConfigError::Invalid {

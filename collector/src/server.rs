@@ -87,6 +87,7 @@ pub async fn run(
                 retention_bytes: storage.retention_bytes,
                 block_range: storage.block_range,
                 out_of_order_window: storage.out_of_order_window,
+                maintenance_interval: storage.maintenance_interval,
                 ..StoreConfig::new(dir)
             })
         }

@@ -692,6 +692,12 @@ fn promql_answers_match_prometheus() {
             &sonde_data.display().to_string(),
             "--listen",
             &format!("127.0.0.1:{sonde_port}"),
+            // Small blocks and frequent maintenance: the answers then come from compacted
+            // blocks, plain blocks and the head at once.
+            "--block-range",
+            "10m",
+            "--maintenance-interval",
+            "200ms",
         ],
     );
     wait_until(Duration::from_secs(60), "prometheus ready", || {
@@ -726,6 +732,21 @@ fn promql_answers_match_prometheus() {
         (t0 + MIN, t0 + 55 * MIN, "60"),
         (t0 + 20 * MIN + 300, t0 + 32 * MIN, "37s"),
     ];
+    // Wait for the store to cut the 55 minutes into 10-minute blocks and compact the first
+    // closed 30-minute window.
+    wait_until(Duration::from_secs(60), "blocks cut and compacted", || {
+        let metrics = http_get(sonde_port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        value("sonde_collector_store_blocks_cut_total") >= 3.0
+            && value("sonde_collector_store_compactions_total") >= 1.0
+    });
     let mut failures = Vec::new();
     let mut compared = 0;
     let mut with_data = 0;
