@@ -282,12 +282,19 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 &state.store.replay_report(),
                 state.router.queue_fill(),
             );
-            // The first sink's metrics (several sinks would need a per-sink label).
-            if let Some(sink) = state.router.sinks().first() {
-                let mut e = sonde_common::telemetry::TextEncoder::new();
-                sink.stats().render(&mut e, &sink.queue_stats());
-                body.push_str(&e.finish());
-            }
+            // Every sink's metrics, told apart by a `url` label.
+            let sinks = state.router.sinks();
+            let urls: Vec<String> = sinks.iter().map(|s| s.url().to_string()).collect();
+            let queues: Vec<_> = sinks.iter().map(|s| s.queue_stats()).collect();
+            let rows: Vec<_> = sinks
+                .iter()
+                .zip(&urls)
+                .zip(&queues)
+                .map(|((sink, url), queue)| (url.as_str(), sink.stats(), queue))
+                .collect();
+            let mut e = sonde_common::telemetry::TextEncoder::new();
+            crate::sinks::remote_write::SinkStats::render_all(&mut e, &rows);
+            body.push_str(&e.finish());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

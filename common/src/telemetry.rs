@@ -108,9 +108,15 @@ impl Histogram {
 }
 
 /// Writes metrics in the Prometheus text format (version 0.0.4).
+///
+/// Each method writes a whole family (`# HELP`, `# TYPE`, samples); the `*_samples` methods
+/// write only samples, after a [`TextEncoder::family`] header, so one family can hold the
+/// samples of several instances told apart by a constant label ([`TextEncoder::const_label`]).
 #[derive(Default)]
 pub struct TextEncoder {
     out: String,
+    /// `name="value"` added to every sample line (empty: none).
+    const_labels: String,
 }
 
 impl TextEncoder {
@@ -123,42 +129,88 @@ impl TextEncoder {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
+    /// Starts a family: its `# HELP` and `# TYPE` lines (`kind`: counter, gauge, histogram).
+    pub fn family(&mut self, name: &str, help: &str, kind: &str) {
+        self.header(name, help, kind);
+    }
+
+    /// Adds `name="value"` to every sample line written from now on (`None` stops it).
+    pub fn const_label(&mut self, label: Option<(&str, &str)>) {
+        self.const_labels = label
+            .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+            .unwrap_or_default();
+    }
+
+    /// One sample line; `labels` is `a="b",c="d"` or empty.
+    fn line(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = match (self.const_labels.is_empty(), labels.is_empty()) {
+            (true, true) => writeln!(self.out, "{name} {value}"),
+            (true, false) => writeln!(self.out, "{name}{{{labels}}} {value}"),
+            (false, true) => writeln!(self.out, "{name}{{{}}} {value}", self.const_labels),
+            (false, false) => {
+                writeln!(self.out, "{name}{{{},{labels}}} {value}", self.const_labels)
+            }
+        };
+    }
+
     pub fn counter(&mut self, name: &str, help: &str, c: &Counter) {
         self.header(name, help, "counter");
-        let _ = writeln!(self.out, "{name} {}", c.get());
+        self.counter_samples(name, c);
+    }
+
+    pub fn counter_samples(&mut self, name: &str, c: &Counter) {
+        self.line(name, "", c.get());
     }
 
     /// A counter kept elsewhere (e.g. an atomic owned by a library), given by its value.
     pub fn counter_value(&mut self, name: &str, help: &str, v: u64) {
         self.header(name, help, "counter");
-        let _ = writeln!(self.out, "{name} {v}");
+        self.line(name, "", v);
     }
 
     pub fn labeled_counter(&mut self, name: &str, help: &str, c: &LabeledCounter) {
         self.header(name, help, "counter");
-        let map = c.values.lock().unwrap_or_else(|e| e.into_inner());
-        for (value, n) in map.iter() {
-            let _ = writeln!(self.out, "{name}{{{}=\"{}\"}} {n}", c.label, escape(value));
+        self.labeled_counter_samples(name, c);
+    }
+
+    pub fn labeled_counter_samples(&mut self, name: &str, c: &LabeledCounter) {
+        let lines: Vec<(String, u64)> = {
+            let map = c.values.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(value, n)| (format!("{}=\"{}\"", c.label, escape(value)), *n))
+                .collect()
+        };
+        for (labels, n) in lines {
+            self.line(name, &labels, n);
         }
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, v: f64) {
         self.header(name, help, "gauge");
-        let _ = writeln!(self.out, "{name} {}", format_value(v));
+        self.gauge_sample(name, v);
+    }
+
+    pub fn gauge_sample(&mut self, name: &str, v: f64) {
+        self.line(name, "", format_value(v));
     }
 
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, help, "histogram");
+        self.histogram_samples(name, h);
+    }
+
+    pub fn histogram_samples(&mut self, name: &str, h: &Histogram) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
-        for (bound, bucket) in h.bounds.iter().zip(&h.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        for (bound, b) in h.bounds.iter().zip(&h.buckets) {
+            cumulative += b.load(Ordering::Relaxed);
+            self.line(&bucket, &format!("le=\"{bound}\""), cumulative);
         }
         let count = h.count.load(Ordering::Relaxed);
-        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        self.line(&bucket, "le=\"+Inf\"", count);
         let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(self.out, "{name}_sum {sum}");
-        let _ = writeln!(self.out, "{name}_count {count}");
+        self.line(&format!("{name}_sum"), "", sum);
+        self.line(&format!("{name}_count"), "", count);
     }
 
     pub fn finish(self) -> String {
@@ -246,6 +298,40 @@ pub fn format_value(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_family_holds_several_instances_by_a_constant_label() {
+        let (a, b) = (Counter::default(), Counter::default());
+        a.add(3);
+        b.add(5);
+        let reasons = LabeledCounter::new("reason");
+        reasons.add("full", 2);
+        let h = Histogram::new(&[1.0]);
+        h.observe(0.5);
+        let mut e = TextEncoder::new();
+        e.family("x_total", "X.", "counter");
+        for (url, c) in [("http://a/\"q\"", &a), ("http://b", &b)] {
+            e.const_label(Some(("url", url)));
+            e.counter_samples("x_total", c);
+        }
+        e.family("r_total", "R.", "counter");
+        e.labeled_counter_samples("r_total", &reasons);
+        e.family("h", "H.", "histogram");
+        e.histogram_samples("h", &h);
+        e.const_label(None);
+        e.gauge("g", "G.", 1.0);
+        assert_eq!(
+            e.finish(),
+            "# HELP x_total X.\n# TYPE x_total counter\n\
+             x_total{url=\"http://a/\\\"q\\\"\"} 3\nx_total{url=\"http://b\"} 5\n\
+             # HELP r_total R.\n# TYPE r_total counter\n\
+             r_total{url=\"http://b\",reason=\"full\"} 2\n\
+             # HELP h H.\n# TYPE h histogram\n\
+             h_bucket{url=\"http://b\",le=\"1\"} 1\nh_bucket{url=\"http://b\",le=\"+Inf\"} 1\n\
+             h_sum{url=\"http://b\"} 0.5\nh_count{url=\"http://b\"} 1\n\
+             # HELP g G.\n# TYPE g gauge\ng 1\n"
+        );
+    }
 
     #[test]
     fn renders_text_format() {

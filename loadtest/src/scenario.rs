@@ -409,9 +409,22 @@ async fn collector_metric(port: u16, name: &str) -> f64 {
         return 0.0;
     };
     let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    metric_sum(&text, name)
+}
+
+/// The sum of every sample of metric `name` in a text exposition, whatever its labels (e.g.
+/// one per remote-write sink).
+fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.rsplit_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
 }
 
 async fn fleet_outage(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
@@ -561,5 +574,19 @@ impl Plan {
         eprintln!("\n{}", r.text());
         report::write_all(&r, &self.args.out, name)?;
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sums_cover_labelled_and_bare_samples_of_that_name_only() {
+        let text =
+            "# TYPE q gauge\nq{url=\"http://a\"} 2\nq{url=\"http://b\"} 3.5\nq_other 100\nq 1\n";
+        assert_eq!(metric_sum(text, "q"), 6.5);
+        assert_eq!(metric_sum(text, "q_other"), 100.0);
+        assert_eq!(metric_sum(text, "missing"), 0.0);
     }
 }

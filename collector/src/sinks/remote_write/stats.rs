@@ -81,80 +81,108 @@ impl SinkStats {
                 .is_ok()
     }
 
-    /// Renders the sink's metrics, with the queue's gauges, into `e`.
-    pub fn render(&self, e: &mut TextEncoder, queue: &QueueStats) {
-        let p = "sonde_collector_remote_write";
-        e.counter(
-            &format!("{p}_batches_enqueued_total"),
-            "Batches stored in the remote-write queue.",
-            &self.batches_enqueued,
-        );
-        e.counter(
-            &format!("{p}_samples_enqueued_total"),
-            "Samples stored in the remote-write queue.",
-            &self.samples_enqueued,
-        );
-        e.labeled_counter(
-            &format!("{p}_enqueue_refused_total"),
-            "Batches the remote-write queue refused, by reason.",
-            &self.enqueue_refused,
-        );
-        e.counter(
-            &format!("{p}_samples_sent_total"),
-            "Samples acknowledged by the remote storage.",
-            &self.samples_sent,
-        );
-        e.counter(
-            &format!("{p}_sent_bytes_total"),
-            "Request bytes (snappy) acknowledged by the remote storage.",
-            &self.bytes_sent,
-        );
-        e.labeled_counter(
-            &format!("{p}_requests_total"),
-            "Remote-write requests by outcome (status class, 429, network, timeout).",
-            &self.requests,
-        );
-        e.counter(
-            &format!("{p}_retries_total"),
-            "Remote-write attempts retried after a 5xx, 429 or network error.",
-            &self.retries,
-        );
-        e.labeled_counter(
-            &format!("{p}_samples_dropped_total"),
-            "Samples given up on, by reason.",
-            &self.samples_dropped,
-        );
-        e.counter(
-            &format!("{p}_undecodable_records_total"),
-            "Queue records that could not be decoded, dropped.",
-            &self.undecodable_records,
-        );
-        e.histogram(
-            &format!("{p}_send_duration_seconds"),
-            "Duration of successful remote-write requests.",
-            &self.send_duration,
-        );
-        e.gauge(
-            &format!("{p}_last_send_duration_seconds"),
-            "Duration of the last successful remote-write request.",
-            self.last_send_latency().as_secs_f64(),
-        );
-        let fill = queue.bytes as f64 / queue.max_bytes.max(1) as f64;
-        e.gauge(
-            &format!("{p}_queue_fill_ratio"),
-            "Pending bytes of the remote-write queue over its limit.",
-            fill,
-        );
-        e.gauge(
-            &format!("{p}_queue_bytes"),
-            "Bytes waiting in the remote-write queue.",
-            queue.bytes as f64,
-        );
-        e.gauge(
-            &format!("{p}_queue_records"),
-            "Batches waiting in the remote-write queue.",
-            queue.records as f64,
-        );
+    /// Renders the metrics of every sink, with their queues' gauges, into `e`: one family per
+    /// metric, one sample per sink told apart by its `url` label.
+    pub fn render_all(e: &mut TextEncoder, sinks: &[(&str, &SinkStats, &QueueStats)]) {
+        type Samples = fn(&mut TextEncoder, &str, &SinkStats, &QueueStats);
+        let families: [(&str, &str, &str, Samples); 14] = [
+            (
+                "batches_enqueued_total",
+                "Batches stored in the remote-write queue.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.batches_enqueued),
+            ),
+            (
+                "samples_enqueued_total",
+                "Samples stored in the remote-write queue.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.samples_enqueued),
+            ),
+            (
+                "enqueue_refused_total",
+                "Batches the remote-write queue refused, by reason.",
+                "counter",
+                |e, n, s, _| e.labeled_counter_samples(n, &s.enqueue_refused),
+            ),
+            (
+                "samples_sent_total",
+                "Samples acknowledged by the remote storage.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.samples_sent),
+            ),
+            (
+                "sent_bytes_total",
+                "Request bytes (snappy) acknowledged by the remote storage.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.bytes_sent),
+            ),
+            (
+                "requests_total",
+                "Remote-write requests by outcome (status class, 429, network, timeout).",
+                "counter",
+                |e, n, s, _| e.labeled_counter_samples(n, &s.requests),
+            ),
+            (
+                "retries_total",
+                "Remote-write attempts retried after a 5xx, 429 or network error.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.retries),
+            ),
+            (
+                "samples_dropped_total",
+                "Samples given up on, by reason.",
+                "counter",
+                |e, n, s, _| e.labeled_counter_samples(n, &s.samples_dropped),
+            ),
+            (
+                "undecodable_records_total",
+                "Queue records that could not be decoded, dropped.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.undecodable_records),
+            ),
+            (
+                "send_duration_seconds",
+                "Duration of successful remote-write requests.",
+                "histogram",
+                |e, n, s, _| e.histogram_samples(n, &s.send_duration),
+            ),
+            (
+                "last_send_duration_seconds",
+                "Duration of the last successful remote-write request.",
+                "gauge",
+                |e, n, s, _| e.gauge_sample(n, s.last_send_latency().as_secs_f64()),
+            ),
+            (
+                "queue_fill_ratio",
+                "Pending bytes of the remote-write queue over its limit.",
+                "gauge",
+                |e, n, _, q| e.gauge_sample(n, q.bytes as f64 / q.max_bytes.max(1) as f64),
+            ),
+            (
+                "queue_bytes",
+                "Bytes waiting in the remote-write queue.",
+                "gauge",
+                |e, n, _, q| e.gauge_sample(n, q.bytes as f64),
+            ),
+            (
+                "queue_records",
+                "Batches waiting in the remote-write queue.",
+                "gauge",
+                |e, n, _, q| e.gauge_sample(n, q.records as f64),
+            ),
+        ];
+        if sinks.is_empty() {
+            return;
+        }
+        for (suffix, help, kind, samples) in families {
+            let name = format!("sonde_collector_remote_write_{suffix}");
+            e.family(&name, help, kind);
+            for &(url, stats, queue) in sinks {
+                e.const_label(Some(("url", url)));
+                samples(e, &name, stats, queue);
+            }
+            e.const_label(None);
+        }
     }
 }
 
@@ -177,21 +205,40 @@ mod tests {
             records: 3,
             ..QueueStats::default()
         };
+        let other = SinkStats::default();
+        other.retries.add(9);
+        let empty = QueueStats::default();
         let mut e = TextEncoder::new();
-        s.render(&mut e, &queue);
+        SinkStats::render_all(
+            &mut e,
+            &[
+                ("http://vm:8428/api/v1/write", &s, &queue),
+                ("http://mimir/push", &other, &empty),
+            ],
+        );
         let text = e.finish();
+        let a = "url=\"http://vm:8428/api/v1/write\"";
         for want in [
-            "sonde_collector_remote_write_samples_sent_total 100\n",
-            "sonde_collector_remote_write_sent_bytes_total 2000\n",
-            "sonde_collector_remote_write_requests_total{status=\"5xx\"} 2\n",
-            "sonde_collector_remote_write_retries_total 2\n",
-            "sonde_collector_remote_write_samples_dropped_total{reason=\"rejected\"} 7\n",
-            "sonde_collector_remote_write_last_send_duration_seconds 0.012\n",
-            "sonde_collector_remote_write_queue_fill_ratio 0.25\n",
-            "sonde_collector_remote_write_queue_records 3\n",
+            format!("sonde_collector_remote_write_samples_sent_total{{{a}}} 100\n"),
+            format!("sonde_collector_remote_write_sent_bytes_total{{{a}}} 2000\n"),
+            format!("sonde_collector_remote_write_requests_total{{{a},status=\"5xx\"}} 2\n"),
+            format!("sonde_collector_remote_write_retries_total{{{a}}} 2\n"),
+            "sonde_collector_remote_write_retries_total{url=\"http://mimir/push\"} 9\n".to_owned(),
+            format!(
+                "sonde_collector_remote_write_samples_dropped_total{{{a},reason=\"rejected\"}} 7\n"
+            ),
+            format!("sonde_collector_remote_write_last_send_duration_seconds{{{a}}} 0.012\n"),
+            format!("sonde_collector_remote_write_queue_fill_ratio{{{a}}} 0.25\n"),
+            format!("sonde_collector_remote_write_queue_records{{{a}}} 3\n"),
         ] {
-            assert!(text.contains(want), "missing {want:?} in\n{text}");
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
         }
+        // One header per family, whatever the number of sinks.
+        assert_eq!(
+            text.matches("# TYPE sonde_collector_remote_write_retries_total counter")
+                .count(),
+            1
+        );
         assert!(s.should_log());
         assert!(!s.should_log(), "rate-limited");
     }
