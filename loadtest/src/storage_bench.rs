@@ -700,6 +700,9 @@ pub struct Visibility {
     pub visible_after_ms: Option<f64>,
     pub polls: u64,
     pub timeout_s: f64,
+    /// The polls carried `nocache=1` (VictoriaMetrics then skips its `-search.latencyOffset`
+    /// adjustment of a query time near now; Sonde ignores the parameter).
+    pub nocache: bool,
 }
 
 /// `sequence` must differ between the probes of one run (Sonde acknowledges a repeated
@@ -711,6 +714,7 @@ async fn visibility(
     value: f64,
     tag: &str,
     sequence: u64,
+    nocache: bool,
 ) -> Visibility {
     let client = client();
     let url: hyper::Uri = format!("http://127.0.0.1:{port}{}", store.push_path())
@@ -740,6 +744,7 @@ async fn visibility(
         visible_after_ms: None,
         polls: 0,
         timeout_s: VISIBILITY_TIMEOUT.as_secs_f64(),
+        nocache,
     };
     let sent = Instant::now();
     match post(&client, &url, store, body).await {
@@ -750,10 +755,13 @@ async fn visibility(
     out.push_ms = acked.duration_since(sent).as_secs_f64() * 1000.0;
     while acked.elapsed() < VISIBILITY_TIMEOUT {
         let now_s = sonde_common::model::now_ms() as f64 / 1000.0;
-        let q = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", &selector)
-            .append_pair("time", &format!("{now_s:.3}"))
-            .finish();
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("query", &selector)
+            .append_pair("time", &format!("{now_s:.3}"));
+        if nocache {
+            q.append_pair("nocache", "1");
+        }
+        let q = q.finish();
         out.polls += 1;
         if let Some((200, body)) = get(&format!("http://127.0.0.1:{port}/api/v1/query?{q}")).await {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -933,8 +941,14 @@ pub struct StoreFigures {
     pub rss_bytes_per_series: Option<f64>,
     pub visibility_existing_series: Visibility,
     pub visibility_new_series: Visibility,
+    /// A new series, polled with `nocache=1`.
+    pub visibility_new_series_nocache: Visibility,
+    /// `sum by (host) (rate(SELECTOR[5m]))`.
     pub query_1h: QueryFigures,
     pub query_24h: QueryFigures,
+    /// The bare `SELECTOR`: every matching series' points.
+    pub selector_1h: QueryFigures,
+    pub selector_24h: QueryFigures,
 }
 
 struct Started {
@@ -1140,17 +1154,31 @@ pub async fn run(
         let load1 = (0..h0.series_count())
             .find(|&i| h0.templates[i].name == "node_load1")
             .unwrap_or(0);
-        let existing =
-            visibility(store, port, &h0.series(load1, 0), 1_234_567_890.0, &tag, 1).await;
-        let fresh = Series::new(
-            "storebench_visibility_probe",
-            [("probe", format!("{tag}-{}", store.key()))],
-        );
-        let new = visibility(store, port, &fresh, 42.0, &tag, 2).await;
+        let existing = visibility(
+            store,
+            port,
+            &h0.series(load1, 0),
+            1_234_567_890.0,
+            &tag,
+            1,
+            false,
+        )
+        .await;
+        let probe = |suffix: &str| {
+            Series::new(
+                "storebench_visibility_probe",
+                [("probe", format!("{tag}-{}{suffix}", store.key()))],
+            )
+        };
+        let new = visibility(store, port, &probe(""), 42.0, &tag, 2, false).await;
+        let new_nocache = visibility(store, port, &probe("-nocache"), 43.0, &tag, 3, true).await;
         let query = format!("sum by (host) (rate({QUERY_SELECTOR}[5m]))");
         let end_s = plan.last_ms / 1000;
         let q1 = range_query(store, port, &query, end_s, 3600, 60).await;
         let q24 = range_query(store, port, &query, end_s, 24 * 3600, 300).await;
+        // The bare selector, which every PromQL engine answers: the same series read back.
+        let sel1 = range_query(store, port, QUERY_SELECTOR, end_s, 3600, 60).await;
+        let sel24 = range_query(store, port, QUERY_SELECTOR, end_s, 24 * 3600, 300).await;
 
         let r = &ing.backfill.result;
         let usage = ProcessUsage {
@@ -1203,8 +1231,11 @@ pub async fn run(
                 .then(|| ing.rss_after as f64 / plan.series as f64),
             visibility_existing_series: existing,
             visibility_new_series: new,
+            visibility_new_series_nocache: new_nocache,
             query_1h: q1,
             query_24h: q24,
+            selector_1h: sel1,
+            selector_24h: sel24,
         });
         reports.push(report);
     }
@@ -1235,6 +1266,8 @@ pub async fn run(
             "visibility_new_series": ratio(so.visibility_new_series.visible_after_ms, vm_f.visibility_new_series.visible_after_ms),
             "query_1h_median": ratio(so.query_1h.median_ms, vm_f.query_1h.median_ms),
             "query_24h_median": ratio(so.query_24h.median_ms, vm_f.query_24h.median_ms),
+            "selector_1h_median": ratio(so.selector_1h.median_ms, vm_f.selector_1h.median_ms),
+            "selector_24h_median": ratio(so.selector_24h.median_ms, vm_f.selector_24h.median_ms),
         },
     });
     Ok((reports, summary))
@@ -1421,9 +1454,24 @@ fn table(plan: &Schedule, interval: Duration, so: &StoreFigures, vm: &StoreFigur
             vm.visibility_new_series.visible_after_ms,
         ),
     );
+    row(
+        "ack -> visible, new series, nocache=1",
+        visible(&so.visibility_new_series_nocache),
+        visible(&vm.visibility_new_series_nocache),
+        ratio(
+            so.visibility_new_series_nocache.visible_after_ms,
+            vm.visibility_new_series_nocache.visible_after_ms,
+        ),
+    );
     for (label, a, b) in [
-        ("query 1h (step 60s)", &so.query_1h, &vm.query_1h),
-        ("query 24h (step 300s)", &so.query_24h, &vm.query_24h),
+        ("sum(rate) 1h (step 60s)", &so.query_1h, &vm.query_1h),
+        ("sum(rate) 24h (step 300s)", &so.query_24h, &vm.query_24h),
+        ("selector 1h (step 60s)", &so.selector_1h, &vm.selector_1h),
+        (
+            "selector 24h (step 300s)",
+            &so.selector_24h,
+            &vm.selector_24h,
+        ),
     ] {
         let both = a.supported && b.supported;
         row(
@@ -1478,7 +1526,7 @@ fn table(plan: &Schedule, interval: Duration, so: &StoreFigures, vm: &StoreFigur
     let _ = writeln!(s, "{}: flags {}", vm.version, vm.flags.join(" "));
     let _ = writeln!(
         s,
-        "query: sum by (host) (rate({QUERY_SELECTOR}[5m])) over {} series",
+        "queries: sum by (host) (rate({QUERY_SELECTOR}[5m])) and the bare selector, over {} series",
         QUERY_SERIES_PER_HOST * plan.hosts.len()
     );
     let w0 = rows
@@ -1507,7 +1555,8 @@ fn table(plan: &Schedule, interval: Duration, so: &StoreFigures, vm: &StoreFigur
     let _ = writeln!(s, "{}", "-".repeat(w0 + w1 + w2 + 14));
     for (m, a, b, r) in &rows {
         let r = match *r {
-            Some(r) if r != 0.0 && r.abs() < 0.1 => format!("{r:.4}"),
+            Some(r) if r != 0.0 && r.abs() < 0.001 => format!("{r:.1e}"),
+            Some(r) if r.abs() < 0.1 => format!("{r:.4}"),
             Some(r) => format!("{r:.2}"),
             None => "-".into(),
         };
@@ -1521,9 +1570,14 @@ fn table(plan: &Schedule, interval: Duration, so: &StoreFigures, vm: &StoreFigur
         );
     }
     for (store, f) in [("Sonde", so), ("VictoriaMetrics", vm)] {
-        for q in [&f.query_1h, &f.query_24h] {
+        for (what, q) in [
+            ("sum(rate) 1h", &f.query_1h),
+            ("sum(rate) 24h", &f.query_24h),
+            ("selector 1h", &f.selector_1h),
+            ("selector 24h", &f.selector_24h),
+        ] {
             if let Some(e) = &q.error {
-                let _ = writeln!(s, "{store}: {}s range query refused: {e}", q.range_s);
+                let _ = writeln!(s, "{store}: {what} refused: {e}");
             }
         }
         if f.backfill_truncated {

@@ -149,7 +149,11 @@ fn storage_backfills_both_stores_and_measures_them_side_by_side() {
         assert!(f["bytes_per_sample"].as_f64().unwrap() > 0.0, "{store}");
         assert!(f["peak_rss_bytes"].as_u64().unwrap() > 0, "{store}");
         assert!(f["rss_bytes_per_series"].as_f64().unwrap() > 0.0, "{store}");
-        for probe in ["visibility_existing_series", "visibility_new_series"] {
+        for probe in [
+            "visibility_existing_series",
+            "visibility_new_series",
+            "visibility_new_series_nocache",
+        ] {
             let ms = f[probe]["visible_after_ms"].as_f64();
             assert!(
                 ms.is_some_and(|ms| (0.0..=60_000.0).contains(&ms)),
@@ -168,7 +172,15 @@ fn storage_backfills_both_stores_and_measures_them_side_by_side() {
             }
         }
     }
-    // VictoriaMetrics answers the query (it is the reference).
+    // Both answer the bare selector: every matching series (16 per host) comes back.
+    for store in ["sonde", "victoriametrics"] {
+        for q in ["selector_1h", "selector_24h"] {
+            let q = &s[store][q];
+            assert_eq!(q["supported"], true, "{store}: {q}");
+            assert_eq!(q["result_series"], 16, "{store}: {q}");
+        }
+    }
+    // VictoriaMetrics answers the rate query (it is the reference).
     assert_eq!(s["victoriametrics"]["query_1h"]["supported"], true);
     // The usual per-store reports are written too.
     for name in ["storage-sonde", "storage-victoriametrics"] {
