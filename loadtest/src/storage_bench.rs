@@ -3,20 +3,22 @@
 //!
 //! Both are started on 127.0.0.1 with their data in temporary directories and receive the same
 //! backfill: N host-metric series (the generator's host shape, ~164 series per simulated host)
-//! covering H simulated hours that end now, one sample per series every interval. Senders go
-//! in time order, closed loop: [`SENDERS`] senders each own a fixed share of the hosts and send
-//! one request per simulated scrape interval holding those hosts' samples, the next as soon as
-//! the last is acknowledged; so every series gets strictly increasing timestamps. Sonde gets
-//! native batches on `/api/v1/push`, VictoriaMetrics remote write on `/api/v1/write`. The two
-//! backfills run one after the other, so each has the machine to itself.
+//! covering H simulated hours that end now, one sample per series every interval, with values
+//! that vary as real ones do ([`Values`]). Senders go in time order, closed loop: [`SENDERS`]
+//! senders each own a fixed share of the hosts and send one request per simulated scrape
+//! interval holding those hosts' samples, the next as soon as the last is acknowledged; so every
+//! series gets strictly increasing timestamps. Sonde gets native batches on `/api/v1/push`,
+//! VictoriaMetrics remote write on `/api/v1/write`. The two backfills run one after the other,
+//! so neither store competes with the other (the load generator shares the machine with both).
 //!
 //! Measured for each, side by side: ingest rate and server CPU per sample during the backfill
 //! (from /proc); bytes per sample on disk (the whole data directory, index included, after
 //! VictoriaMetrics has flushed and its merges have settled); peak resident memory during the
 //! ingest and resident memory per series after it; the delay from a push's acknowledgement to
 //! the sample's visibility in `/api/v1/query`, for a new sample of an existing series and for a
-//! brand-new series; and the latency of `sum by (host) (rate(...[5m]))` over about 1,000 series
-//! for a 1 h and a 24 h range. A query a store refuses is reported as unsupported.
+//! brand-new series (and once more polling with `nocache=1`); and the latency of
+//! `sum by (host) (rate(...[5m]))` over about 1,000 series, and of the bare selector, for a 1 h
+//! and a 24 h range. A query a store refuses is reported as unsupported.
 //!
 //! Flags passed beyond address and data directory: Sonde `--max-sample-age` (the backfill is
 //! older than its 24 h default); VictoriaMetrics `-retentionPeriod` (long enough for the
@@ -1021,20 +1023,18 @@ async fn start_victoria_metrics(hours: f64) -> anyhow::Result<Started> {
     })
 }
 
-async fn version(store: Store, port: u16) -> String {
+/// The store's version: Sonde's is the workspace's; Debian's VictoriaMetrics build reports
+/// none of its own, so the package manager is asked.
+fn version(store: Store) -> String {
     match store {
         Store::Sonde => format!("sonde-collector {}", env!("CARGO_PKG_VERSION")),
-        Store::VictoriaMetrics => {
-            // Debian's build reports no version of its own: ask the package manager.
-            let _ = port;
-            std::process::Command::new("dpkg-query")
-                .args(["-W", "-f", "${Version}", "victoria-metrics"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success() && !o.stdout.is_empty())
-                .map(|o| format!("victoria-metrics {}", String::from_utf8_lossy(&o.stdout)))
-                .unwrap_or_else(|| "victoria-metrics".into())
-        }
+        Store::VictoriaMetrics => std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", "victoria-metrics"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success() && !o.stdout.is_empty())
+            .map(|o| format!("victoria-metrics {}", String::from_utf8_lossy(&o.stdout)))
+            .unwrap_or_else(|| "victoria-metrics".into()),
     }
 }
 
@@ -1205,7 +1205,7 @@ pub async fn run(
         let ingested = r.accepted_samples;
         figures.push(StoreFigures {
             store: store.label().into(),
-            version: version(store, port).await,
+            version: version(store),
             flags: s.flags.clone(),
             samples_offered: r.offered_samples,
             samples_ingested: ingested,
