@@ -11,6 +11,7 @@ mod generate;
 mod procs;
 mod report;
 mod scenario;
+mod storage_bench;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -36,7 +37,7 @@ struct Cli {
 enum Command {
     /// Drive load at a running target and report (optionally auditing its storage).
     Run(RunArgs),
-    /// Run a ready-made scenario: baseline, peer, fleet or outage.
+    /// Run a ready-made scenario: baseline, peer, fleet, outage, fleet-outage or storage.
     Scenario(scenario::ScenarioArgs),
     /// Run a collector (embedded store) and an agent on this host, until Ctrl-C.
     Demo(demo::DemoArgs),

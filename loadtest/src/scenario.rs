@@ -11,6 +11,9 @@
 //!   VictoriaMetrics (de-duplication on); one collector is killed with SIGKILL and restarted,
 //!   and VictoriaMetrics is stopped for a while and restarted; every acknowledged sample must
 //!   be in VictoriaMetrics, each (series, timestamp) once.
+//! - `storage`: the embedded store against VictoriaMetrics on the same backfill: ingest rate
+//!   and CPU, bytes per sample on disk, memory, visibility delay, range-query latency
+//!   ([`crate::storage_bench`]).
 
 use anyhow::bail;
 use serde::Serialize;
@@ -26,7 +29,7 @@ use crate::report::{self, ProcessUsage, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
-    /// baseline, peer, fleet or outage.
+    /// baseline, peer, fleet, outage, fleet-outage or storage.
     pub name: String,
     /// Length of each load phase.
     #[arg(long, default_value = "30s")]
@@ -34,15 +37,22 @@ pub struct ScenarioArgs {
     /// Simulated hosts (each ~164 series).
     #[arg(long, default_value_t = 200)]
     pub hosts: usize,
-    /// Push interval of every simulated host (open-loop phases).
-    #[arg(long, default_value = "1s")]
-    pub interval: String,
+    /// Push interval of every simulated host (open-loop phases; default 1s), or the interval
+    /// between the backfilled samples of each series (storage; default 10s).
+    #[arg(long)]
+    pub interval: Option<String>,
     /// Concurrent senders in closed-loop phases (fleet).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Share of series that churn (0..1).
     #[arg(long, default_value_t = 0.05)]
     pub churn: f64,
+    /// Series to backfill (storage): about 164 per simulated host.
+    #[arg(long, default_value_t = 10_000)]
+    pub series: usize,
+    /// Simulated hours to backfill, ending now (storage).
+    #[arg(long, default_value_t = 24.0)]
+    pub hours: f64,
     /// Write the scenario's JSON summary (every report) here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -179,8 +189,11 @@ fn query_url(s: &Server) -> String {
 pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
     let duration =
         sonde_common::duration::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
-    let interval =
-        sonde_common::duration::parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
+    let default_interval = if args.name == "storage" { "10s" } else { "1s" };
+    let interval = sonde_common::duration::parse_duration(
+        args.interval.as_deref().unwrap_or(default_interval),
+    )
+    .map_err(anyhow::Error::msg)?;
     let hosts = hosts(args.hosts, args.churn, &run_tag());
     let series_per_host = hosts.first().map(Host::series_count).unwrap_or(0);
     let plan = Plan {
@@ -210,7 +223,10 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
         "fleet" => fleet(&plan).await?,
         "outage" => outage(&plan).await?,
         "fleet-outage" => fleet_outage(&plan).await?,
-        other => bail!("unknown scenario '{other}': baseline, peer, fleet, outage or fleet-outage"),
+        "storage" => crate::storage_bench::run(&plan.args, plan.interval).await?,
+        other => bail!(
+            "unknown scenario '{other}': baseline, peer, fleet, outage, fleet-outage or storage"
+        ),
     };
     let lost = reports.iter().map(|r| r.lost).sum();
     let result = ScenarioResult {

@@ -114,3 +114,78 @@ fn fleet_outage_loses_nothing_and_stores_each_sample_once() {
     assert_eq!(r["failed"], 0);
     assert_eq!(r["servers"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn storage_backfills_both_stores_and_measures_them_side_by_side() {
+    if !std::path::Path::new("/usr/bin/victoria-metrics").exists() {
+        eprintln!(
+            "skipped: /usr/bin/victoria-metrics is absent (apt-get install victoria-metrics)"
+        );
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_sonde-loadtest"))
+        .args(["scenario", "storage", "--series", "164", "--hours", "1"])
+        .args(["--quiet", "--out"])
+        .arg(out.path())
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scenario storage failed: {status}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &v["summary"];
+    assert_eq!(s["series"], 164);
+    let samples = 164 * 360;
+    for store in ["sonde", "victoriametrics"] {
+        let f = &s[store];
+        assert_eq!(f["samples_ingested"], samples, "{store}: {f}");
+        assert_eq!(f["samples_failed"], 0, "{store}");
+        assert_eq!(f["samples_stored"], samples, "{store}: its own count");
+        assert!(f["ingest_samples_per_s"].as_f64().unwrap() > 0.0, "{store}");
+        assert!(f["cpu_us_per_sample"].as_f64().unwrap() > 0.0, "{store}");
+        assert!(f["data_dir_bytes"].as_u64().unwrap() > 0, "{store}");
+        assert!(f["bytes_per_sample"].as_f64().unwrap() > 0.0, "{store}");
+        assert!(f["peak_rss_bytes"].as_u64().unwrap() > 0, "{store}");
+        assert!(f["rss_bytes_per_series"].as_f64().unwrap() > 0.0, "{store}");
+        for probe in [
+            "visibility_existing_series",
+            "visibility_new_series",
+            "visibility_new_series_nocache",
+        ] {
+            let ms = f[probe]["visible_after_ms"].as_f64();
+            assert!(
+                ms.is_some_and(|ms| (0.0..=60_000.0).contains(&ms)),
+                "{store} {probe}: {}",
+                f[probe]
+            );
+        }
+        for q in ["query_1h", "query_24h"] {
+            let q = &f[q];
+            // Supported, with a result per host, or refused with the store's reason.
+            if q["supported"].as_bool().unwrap() {
+                assert_eq!(q["result_series"], 1, "{store}: {q}");
+                assert!(q["median_ms"].as_f64().unwrap() > 0.0, "{store}");
+            } else {
+                assert!(q["error"].is_string(), "{store}: {q}");
+            }
+        }
+    }
+    // Both answer the bare selector: every matching series (16 per host) comes back.
+    for store in ["sonde", "victoriametrics"] {
+        for q in ["selector_1h", "selector_24h"] {
+            let q = &s[store][q];
+            assert_eq!(q["supported"], true, "{store}: {q}");
+            assert_eq!(q["result_series"], 16, "{store}: {q}");
+        }
+    }
+    // VictoriaMetrics answers the rate query (it is the reference).
+    assert_eq!(s["victoriametrics"]["query_1h"]["supported"], true);
+    // The usual per-store reports are written too.
+    for name in ["storage-sonde", "storage-victoriametrics"] {
+        assert!(out.path().join(format!("{name}.txt")).exists());
+    }
+    assert!(out.path().join("storage.txt").exists());
+    assert_eq!(v["lost"], 0);
+}
