@@ -21,7 +21,9 @@
 //! and a 24 h range. A query a store refuses is reported as unsupported.
 //!
 //! Flags passed beyond address and data directory: Sonde `--max-sample-age` (the backfill is
-//! older than its 24 h default); VictoriaMetrics `-retentionPeriod` (long enough for the
+//! older than its 24 h default) and `--maintenance-interval 5s` (so the run ends with the data
+//! cut into blocks and compacted, as a long-running store has it; the scenario waits for that
+//! and counts its CPU, as it does VictoriaMetrics's flush and merges); VictoriaMetrics `-retentionPeriod` (long enough for the
 //! backfill) and `-loggerLevel=ERROR`. Everything else, `-search.latencyOffset` and the caches
 //! included, stays at its default.
 
@@ -690,6 +692,36 @@ async fn settle_victoria_metrics(port: u16, dir: &Path) -> Duration {
     started.elapsed()
 }
 
+/// Waits (bounded) until Sonde's maintenance has caught up with the backfill: no block cut,
+/// compaction or checkpoint for three readings a second apart, after at least one
+/// maintenance interval.
+async fn settle_sonde(port: u16) -> Duration {
+    let started = Instant::now();
+    let mut last = None;
+    let mut stable = 0;
+    while started.elapsed() < SETTLE_TIMEOUT {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut now = Vec::new();
+        for name in [
+            "sonde_collector_store_blocks_cut_total",
+            "sonde_collector_store_compactions_total",
+            "sonde_collector_store_checkpoints_total",
+        ] {
+            now.push(metric_sum(port, name).await.unwrap_or(0.0));
+        }
+        if last.as_ref() == Some(&now) {
+            stable += 1;
+            if stable >= 3 && started.elapsed() >= Duration::from_secs(6) {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        last = Some(now);
+    }
+    started.elapsed()
+}
+
 /// Pushes one sample and polls an instant query every few milliseconds until it is returned.
 #[derive(Clone, Debug, Serialize)]
 pub struct Visibility {
@@ -964,7 +996,14 @@ async fn start_sonde(hours: f64) -> anyhow::Result<Started> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().to_path_buf();
     let max_age_h = (hours.ceil() as u64).max(24) + 24;
-    let flags = vec!["--max-sample-age".to_string(), format!("{max_age_h}h")];
+    // Maintenance (block cuts, WAL checkpoints, compaction) every 5 s instead of every
+    // minute, so a short run ends with the data in blocks as a long-running store has it.
+    let flags = vec![
+        "--max-sample-age".to_string(),
+        format!("{max_age_h}h"),
+        "--maintenance-interval".to_string(),
+        "5s".to_string(),
+    ];
     let mut args: Vec<String> = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
@@ -1041,7 +1080,12 @@ fn version(store: Store) -> String {
 /// The stored-sample count each store reports about itself.
 async fn stored_samples(store: Store, port: u16) -> Option<u64> {
     match store {
-        Store::Sonde => metric_sum(port, "sonde_collector_store_head_samples").await,
+        Store::Sonde => {
+            // The head serves what no block holds yet: together every sample, once.
+            let head = metric_sum(port, "sonde_collector_store_head_samples").await?;
+            let blocks = metric_sum(port, "sonde_collector_store_block_samples").await?;
+            Some(head + blocks)
+        }
         Store::VictoriaMetrics => metric_sum(port, "vm_rows{type=\"storage/").await,
     }
     .map(|v| v as u64)
@@ -1075,7 +1119,7 @@ async fn ingest(store: Store, s: &Started, plan: &Schedule, quiet: bool) -> Inge
     let after = procs::proc_sample(pid).unwrap_or_default();
     let settle = match store {
         Store::VictoriaMetrics => settle_victoria_metrics(s.server.port, &s.dir).await,
-        Store::Sonde => Duration::ZERO,
+        Store::Sonde => settle_sonde(s.server.port).await,
     };
     let settled = procs::proc_sample(pid).unwrap_or_default();
     let stored = stored_samples(store, s.server.port).await;

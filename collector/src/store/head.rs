@@ -57,6 +57,9 @@ pub(crate) struct MemSeries {
     /// Samples that arrived out of order within the window (older than `last` when they
     /// came), as (timestamp, value bits), sorted; merged with the chunks by every read.
     ooo: Vec<(i64, u64)>,
+    /// Samples in the oldest chunk that are older than the last cut: in a block, not counted
+    /// as the head's.
+    hidden: u64,
 }
 
 impl MemSeries {
@@ -79,6 +82,7 @@ impl MemSeries {
             open: Chunk::new(),
             last: None,
             ooo: Vec::new(),
+            hidden: 0,
         }
     }
 
@@ -235,7 +239,9 @@ impl MemSeries {
     }
 
     /// Frees the chunks wholly older than `t` (the open one too: `last` still guards the
-    /// series' order); returns how many samples they held.
+    /// series' order). Returns how many samples stopped counting as served by the head: those
+    /// freed, plus those older than `t` left in a chunk that straddles it, minus the ones an
+    /// earlier cut already stopped counting.
     fn drop_chunks_below(&mut self, t: i64) -> u64 {
         let keep_from = self.sealed.partition_point(|c| c.max_t < t);
         let mut dropped: u64 = self
@@ -249,7 +255,15 @@ impl MemSeries {
         }
         let before = self.ooo.len();
         self.ooo.retain(|&(x, _)| x >= t);
-        dropped + (before - self.ooo.len()) as u64
+        dropped += (before - self.ooo.len()) as u64;
+        // Only the oldest remaining chunk can still hold samples older than `t`.
+        let straddling = match self.sealed.first() {
+            Some(c) => c.iter().take_while(|s| s.timestamp_ms < t).count(),
+            None => self.open.iter().take_while(|s| s.timestamp_ms < t).count(),
+        } as u64;
+        let newly = (dropped + straddling).saturating_sub(self.hidden);
+        self.hidden = straddling;
+        newly
     }
 
     fn chunk_bytes(&self) -> u64 {
