@@ -478,7 +478,14 @@ impl Store {
                 .flat_map(|b| b.select(&matchers, start_ms, end_ms))
                 .chain(head)
             {
-                merged.entry(series).or_default().extend(samples);
+                match merged.entry(series) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(samples);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        e.get_mut().extend(samples);
+                    }
+                }
             }
             merged
                 .into_iter()

@@ -1110,3 +1110,32 @@ async fn samples_within_the_out_of_order_window_are_stored_in_order() {
     assert_eq!(times(&store), all);
     store.close();
 }
+
+#[tokio::test]
+async fn repeated_maintenance_over_a_long_history_stores_each_sample_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_blocks(dir.path(), 1000);
+    let mut appended = 0u64;
+    let mut t = 0;
+    while t < 60_000 {
+        let samples: Vec<(i64, f64)> = (0..10).map(|i| (t + i * 100, (t + i) as f64)).collect();
+        store
+            .append(&batch(&[
+                ("a", &[("x", "1")], &samples),
+                ("b", &[("x", "2")], &samples),
+            ]))
+            .await
+            .unwrap();
+        appended += 20;
+        t += 1000;
+        if t % 5000 == 0 {
+            store.maintain().unwrap();
+        }
+    }
+    while store.maintain().unwrap() != MaintenanceReport::default() {}
+    let st = store.stats();
+    assert!(st.compactions > 0, "{st:?}");
+    assert_eq!(st.block_samples + st.samples_in_head, appended, "{st:?}");
+    assert_eq!(dump(&store).len() as u64, appended);
+    store.close();
+}

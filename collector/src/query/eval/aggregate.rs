@@ -4,7 +4,9 @@
 
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 use sonde_common::telemetry::format_value;
-use std::collections::HashMap;
+// Seeded per process (foldhash): labels come from senders, so hashing must not be
+// predictable; SipHash was a visible share of range queries.
+use foldhash::{HashMap, HashMapExt};
 
 use super::functions::{nan_last, quantile};
 use super::{Elem, EvalError, Evaluator, Labels, Value, execution};

@@ -3,7 +3,9 @@
 //! `group_right`) with Prometheus's errors when a match is ambiguous.
 
 use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
-use std::collections::{HashMap, HashSet};
+// Seeded per process (foldhash): labels come from senders, so hashing must not be
+// predictable; SipHash was a visible share of range queries.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{Elem, EvalError, Evaluator, Labels, Value, ensure_unique, execution};
 
@@ -251,7 +253,9 @@ fn vector_vector(
                 }
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(HashSet::from([labels.clone()]));
+                let mut set = HashSet::new();
+                set.insert(labels.clone());
+                slot.insert(set);
             }
         }
         out.push(Elem { labels, value });

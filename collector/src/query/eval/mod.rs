@@ -29,11 +29,13 @@ pub use value::{Elem, EvalError, Labels, RangeSeries, Value};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
 use sonde_common::model::{Sample, Series};
-use std::collections::HashMap;
+// Seeded per process (foldhash): labels come from senders, so hashing must not be
+// predictable; SipHash was a visible share of range queries.
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use crate::store::{Matcher, SeriesSamples, Store};
-use select::{Fetched, fetch, instant_sample, range_window, read_time};
+use select::{Fetched, fetch, read_time};
 use value::{Windows, ensure_unique, execution, unsupported};
 
 /// The store as one tenant sees it: every read goes through the tenant's namespace.
@@ -330,9 +332,7 @@ impl<'a> Evaluator<'a> {
         let rt = read_time(sel, t, self.start, self.end);
         Ok(data
             .iter()
-            .filter_map(|f| {
-                instant_sample(&f.samples, rt, self.lookback_ms).map(|s| (&f.labels, s))
-            })
+            .filter_map(|f| f.instant(rt, self.lookback_ms).map(|s| (&f.labels, s)))
             .collect())
     }
 
@@ -349,7 +349,7 @@ impl<'a> Evaluator<'a> {
         Ok((
             rt,
             data.iter()
-                .map(|f| (&f.labels, range_window(&f.samples, rt, range)))
+                .map(|f| (&f.labels, f.window(rt, range)))
                 .filter(|(_, w)| !w.is_empty())
                 .collect(),
         ))

@@ -9,7 +9,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{EvalError, Labels, Reader, STALE_NAN_BITS, SeriesSource};
 use crate::store::Matcher;
-use std::collections::HashMap;
+// Seeded per process (foldhash): labels come from senders, so hashing must not be
+// predictable; SipHash was a visible share of range queries.
+use foldhash::{HashMap, HashMapExt};
 
 /// A selector as the store understands it, with its time modifiers.
 #[derive(Debug, Clone)]
@@ -110,6 +112,49 @@ pub fn read_time(sel: &Selector, t: i64, start: i64, end: i64) -> i64 {
 pub struct Fetched {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+    /// Where the previous step's window started: steps advance in time, so the next search
+    /// gallops forward from here instead of bisecting the whole series again.
+    pub cursor: std::cell::Cell<usize>,
+}
+
+impl Fetched {
+    /// [`range_window`], searching from the previous step's position.
+    pub fn window(&self, rt: i64, range_ms: i64) -> &[Sample] {
+        let start = rt.saturating_sub(range_ms);
+        let lo = partition_from(&self.samples, self.cursor.get(), |s| s.timestamp_ms < start);
+        self.cursor.set(lo);
+        let rest = &self.samples[lo..];
+        let hi = partition_from(rest, 0, |s| s.timestamp_ms <= rt);
+        &rest[..hi]
+    }
+
+    /// [`instant_sample`], searching from the previous step's position.
+    pub fn instant(&self, rt: i64, lookback_ms: i64) -> Option<Sample> {
+        let start = rt.saturating_sub(lookback_ms);
+        let lo = partition_from(&self.samples, self.cursor.get(), |s| s.timestamp_ms < start);
+        self.cursor.set(lo);
+        let rest = &self.samples[lo..];
+        let hi = partition_from(rest, 0, |s| s.timestamp_ms <= rt);
+        let s = *rest.get(hi.checked_sub(1)?)?;
+        (!is_stale(&s)).then_some(s)
+    }
+}
+
+/// `samples.partition_point(pred)` (`pred` true then false), galloping forward from `hint`
+/// when the answer lies at or after it, else bisecting the whole slice.
+fn partition_from(samples: &[Sample], hint: usize, pred: impl Fn(&Sample) -> bool) -> usize {
+    let hint = hint.min(samples.len());
+    if hint > 0 && !pred(&samples[hint - 1]) {
+        return samples.partition_point(pred);
+    }
+    let mut lo = hint;
+    let mut step = 1;
+    while lo + step <= samples.len() && pred(&samples[lo + step - 1]) {
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step).min(samples.len());
+    lo + samples[lo..hi].partition_point(pred)
 }
 
 /// How much time one store read covers: a long window is read slice by slice, so the sample
@@ -144,6 +189,7 @@ pub fn fetch(
                     out.push(Fetched {
                         labels: Labels::from_series(&data.series),
                         samples,
+                        cursor: std::cell::Cell::new(0),
                     });
                     index.insert(data.series, out.len() - 1);
                 }
@@ -165,7 +211,9 @@ pub fn instant_sample(samples: &[Sample], rt: i64, lookback_ms: i64) -> Option<S
     (s.timestamp_ms >= rt.saturating_sub(lookback_ms) && !is_stale(&s)).then_some(s)
 }
 
-/// The samples in `[rt - range, rt]` (Prometheus 2.x's closed window).
+/// The samples in `[rt - range, rt]` (Prometheus 2.x's closed window), by bisection: the
+/// reference [`Fetched::window`] is tested against.
+#[cfg(test)]
 pub fn range_window(samples: &[Sample], rt: i64, range_ms: i64) -> &[Sample] {
     let lo = samples.partition_point(|s| s.timestamp_ms < rt.saturating_sub(range_ms));
     let hi = samples.partition_point(|s| s.timestamp_ms <= rt);
@@ -257,6 +305,37 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(instant_sample(&data, 999, 300_000), None);
+    }
+
+    #[test]
+    fn cursor_searches_agree_with_bisection_forwards_and_backwards() {
+        let data: Vec<Sample> = (0..500)
+            .map(|i| s(i * 1000 + (i % 3) * 7, i as f64))
+            .collect();
+        let f = Fetched {
+            labels: Labels::from_series(&Series::new("m", std::iter::empty::<(&str, &str)>())),
+            samples: data.clone(),
+            cursor: std::cell::Cell::new(0),
+        };
+        // Forwards in uneven steps, then jumps back, then past the end.
+        let times: Vec<i64> = (0..700)
+            .map(|k| k * 733 - 2000)
+            .chain([10_000, 3_000, 499_500, 0, -5, 600_000, 250_000])
+            .collect();
+        for rt in times {
+            for range in [0, 999, 1000, 30_000, 300_000] {
+                assert_eq!(
+                    f.window(rt, range),
+                    range_window(&data, rt, range),
+                    "{rt} {range}"
+                );
+                assert_eq!(
+                    f.instant(rt, range).map(|x| x.timestamp_ms),
+                    instant_sample(&data, rt, range).map(|x| x.timestamp_ms),
+                    "{rt} {range}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! strings) and the errors evaluation reports, in the classes Prometheus's HTTP API uses.
 
 use sonde_common::model::{Sample, Series};
-use std::collections::HashSet;
+// Seeded per process (foldhash): labels come from senders, so hashing must not be
+// predictable; SipHash was a visible share of range queries.
+use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 
 /// A label set, sorted by name, `__name__` included like any label; no empty values.
