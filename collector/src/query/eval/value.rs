@@ -6,23 +6,26 @@ use sonde_common::model::{Sample, Series};
 // predictable; SipHash was a visible share of range queries.
 use foldhash::{HashSet, HashSetExt};
 use std::fmt;
+use std::sync::Arc;
 
-/// A label set, sorted by name, `__name__` included like any label; no empty values.
+/// A label set, sorted by name, `__name__` included like any label; no empty values. The
+/// strings are shared (`Arc<str>`): evaluation copies label sets at every step, and a copy
+/// then costs one allocation instead of one per string.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+pub struct Labels(Vec<(Arc<str>, Arc<str>)>);
 
 impl Labels {
     pub fn from_series(series: &Series) -> Labels {
         let mut v = Vec::with_capacity(series.labels.len() + 1);
         if !series.name.is_empty() {
-            v.push(("__name__".to_owned(), series.name.clone()));
+            v.push((Arc::from("__name__"), Arc::from(series.name.as_str())));
         }
         v.extend(
             series
                 .labels
                 .iter()
                 .filter(|l| !l.value.is_empty())
-                .map(|l| (l.name.clone(), l.value.clone())),
+                .map(|l| (Arc::from(l.name.as_str()), Arc::from(l.value.as_str()))),
         );
         v.sort();
         v.dedup_by(|a, b| a.0 == b.0);
@@ -39,31 +42,31 @@ impl Labels {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (&**n, &**v))
     }
 
     /// The value of `name`, `""` when absent (as Prometheus reads a missing label).
     pub fn get(&self, name: &str) -> &str {
         self.0
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .map(|i| self.0[i].1.as_str())
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .map(|i| &*self.0[i].1)
             .unwrap_or("")
     }
 
     /// Sets `name`; an empty value removes it.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        match self.0.binary_search_by(|(n, _)| (**n).cmp(name)) {
             Ok(i) if value.is_empty() => {
                 self.0.remove(i);
             }
-            Ok(i) => self.0[i].1 = value.to_owned(),
+            Ok(i) => self.0[i].1 = Arc::from(value),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
+            Err(i) => self.0.insert(i, (Arc::from(name), Arc::from(value))),
         }
     }
 
     pub fn del(&mut self, name: &str) {
-        self.0.retain(|(n, _)| n != name);
+        self.0.retain(|(n, _)| &**n != name);
     }
 
     pub fn drop_name(&mut self) {
@@ -81,7 +84,7 @@ impl Labels {
         Labels(
             self.0
                 .iter()
-                .filter(|(n, _)| names.iter().any(|k| k == n))
+                .filter(|(n, _)| names.iter().any(|k| **k == **n))
                 .cloned()
                 .collect(),
         )
@@ -92,7 +95,7 @@ impl Labels {
         Labels(
             self.0
                 .iter()
-                .filter(|(n, _)| !names.iter().any(|k| k == n))
+                .filter(|(n, _)| !names.iter().any(|k| **k == **n))
                 .cloned()
                 .collect(),
         )
