@@ -303,10 +303,17 @@ impl<'a> Evaluator<'a> {
                 self.limits.max_series
             )));
         }
-        let fetched = fetch(self.reader, &sel, (lo, hi), range.is_none(), &mut |n| {
-            self.check_deadline()?;
-            self.charge(n)
-        })?;
+        let fetched = fetch(
+            self.reader,
+            &sel,
+            (lo, hi),
+            selected,
+            range.is_none(),
+            &mut |n| {
+                self.check_deadline()?;
+                self.charge(n)
+            },
+        )?;
         self.data.insert(select::key(vs), (sel, fetched));
         Ok(())
     }

@@ -157,9 +157,20 @@ fn partition_from(samples: &[Sample], hint: usize, pred: impl Fn(&Sample) -> boo
     lo + samples[lo..hi].partition_point(pred)
 }
 
-/// How much time one store read covers: a long window is read slice by slice, so the sample
-/// budget is checked before the next slice is loaded.
+/// How much time one store read covers for [`SLICE_SERIES`] series or more: a long window is
+/// read slice by slice, so the sample budget is checked before the next slice is loaded.
 pub const FETCH_SLICE_MS: i64 = 2 * 3600 * 1000;
+
+/// Fewer series than this get proportionally longer slices, up to 12 times (a day): about as
+/// many samples per read as this many series over [`FETCH_SLICE_MS`]. Each read has a fixed
+/// cost, and appending its slices copies every sample again.
+pub const SLICE_SERIES: usize = 10_000;
+
+/// The slice length for a read of `series` series.
+pub fn slice_ms(series: usize) -> i64 {
+    let factor = (SLICE_SERIES / series.max(1)).clamp(1, 12) as i64;
+    FETCH_SLICE_MS.saturating_mul(factor)
+}
 
 /// Reads the series `sel` selects over `[lo, hi]`; stale markers are kept for instant
 /// selection (they end a series) and dropped for range selection (they are not samples).
@@ -168,6 +179,7 @@ pub fn fetch(
     reader: &dyn SeriesSource,
     sel: &Selector,
     (lo, hi): (i64, i64),
+    series: usize,
     keep_stale: bool,
     budget: &mut dyn FnMut(usize) -> Result<(), EvalError>,
 ) -> Result<Vec<Fetched>, EvalError> {
@@ -175,7 +187,7 @@ pub fn fetch(
     let mut index: HashMap<Series, usize> = HashMap::new();
     let mut from = lo;
     while from <= hi {
-        let to = from.saturating_add(FETCH_SLICE_MS - 1).min(hi);
+        let to = from.saturating_add(slice_ms(series) - 1).min(hi);
         let mut added = 0;
         for data in reader.select(&sel.matchers, from, to) {
             let mut samples = data.samples;

@@ -318,37 +318,49 @@ impl SeriesSource for Counting<'_> {
 }
 
 #[test]
+fn slices_grow_for_few_series_up_to_a_day() {
+    use super::select::{FETCH_SLICE_MS, slice_ms};
+    assert_eq!(slice_ms(20_000), FETCH_SLICE_MS);
+    assert_eq!(slice_ms(10_000), FETCH_SLICE_MS);
+    assert_eq!(slice_ms(2_500), 4 * FETCH_SLICE_MS);
+    assert_eq!(slice_ms(2), 12 * FETCH_SLICE_MS);
+    assert_eq!(slice_ms(0), 12 * FETCH_SLICE_MS);
+}
+
+#[test]
 fn long_windows_are_read_in_slices_within_the_budget() {
-    // Ten hours of one sample a minute, in two series (one starts after the first slice).
-    let hour = 3_600_000;
-    let a: Vec<(i64, f64)> = (0..600).map(|i| (i * 60_000, i as f64)).collect();
-    let b: Vec<(i64, f64)> = (200..600).map(|i| (i * 60_000, -(i as f64))).collect();
+    // Five days of one sample every ten minutes, in two series (one starts after the first
+    // slice). Two series read in slices of a day.
+    let day = 24 * 3_600_000;
+    let every = 600_000;
+    let a: Vec<(i64, f64)> = (0..720).map(|i| (i * every, i as f64)).collect();
+    let b: Vec<(i64, f64)> = (200..720).map(|i| (i * every, -(i as f64))).collect();
     let src = mem(&[("g", &[("s", "a")], &a), ("g", &[("s", "b")], &b)]);
     let counting = Counting(&src, std::cell::Cell::new(0));
     let r = instant_query(
         &counting,
-        "count_over_time(g[10h])",
-        10 * hour - 60_000,
+        "count_over_time(g[5d])",
+        5 * day - every,
         LOOKBACK,
         QueryLimits::default(),
     )
     .unwrap();
     assert_eq!(
         values(r),
-        [("{s=\"a\"}".into(), 600.0), ("{s=\"b\"}".into(), 400.0)]
+        [("{s=\"a\"}".into(), 720.0), ("{s=\"b\"}".into(), 520.0)]
     );
-    // The closed window [t - 10h, t] is one millisecond longer than five 2h slices.
+    // The closed window [t - 5d, t] is one millisecond longer than five one-day slices.
     assert_eq!(counting.1.get(), 6);
     // Samples in order across slice boundaries: the last value is the newest.
     let r = instant_query(
         &src,
-        "last_over_time(g[10h])",
-        10 * hour,
+        "last_over_time(g[5d])",
+        5 * day,
         LOOKBACK,
         QueryLimits::default(),
     )
     .unwrap();
-    assert_eq!(values(r)[0].1, 599.0);
+    assert_eq!(values(r)[0].1, 719.0);
     // Over the budget: the read stops after the first slice.
     let counting = Counting(&src, std::cell::Cell::new(0));
     let small = QueryLimits {
@@ -358,8 +370,8 @@ fn long_windows_are_read_in_slices_within_the_budget() {
     assert!(matches!(
         instant_query(
             &counting,
-            "count_over_time(g[10h])",
-            10 * hour - 60_000,
+            "count_over_time(g[5d])",
+            5 * day - every,
             LOOKBACK,
             small
         ),
