@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sonde_common::model::{Label, Sample, Series};
 
 use super::StoreError;
-use super::chunk::{Chunk, ChunkIter, SAMPLES_PER_CHUNK};
+use super::chunk::{Chunk, SAMPLES_PER_CHUNK};
 use super::matcher::Matcher;
 use super::postings::{Postings, Slot};
 
@@ -205,7 +205,7 @@ impl Block {
             );
             return;
         }
-        for s in ChunkIter::new(&buf) {
+        for s in super::decimal::iter(&buf) {
             if s.timestamp_ms > end {
                 break;
             }
@@ -336,16 +336,17 @@ impl BlockWriter {
         samples: impl IntoIterator<Item = Sample>,
     ) -> Result<(), StoreError> {
         let mut refs = Vec::new();
-        let mut chunk = Chunk::new();
+        let mut group: Vec<Sample> = Vec::with_capacity(usize::from(SAMPLES_PER_CHUNK));
         for s in samples {
-            if chunk.len() >= SAMPLES_PER_CHUNK {
-                refs.push(self.write_chunk(&std::mem::take(&mut chunk))?);
+            if group.len() >= usize::from(SAMPLES_PER_CHUNK) {
+                refs.push(self.write_chunk(&group)?);
+                group.clear();
             }
-            chunk.append(s.timestamp_ms, s.value);
+            group.push(s);
             self.meta.samples += 1;
         }
-        if !chunk.is_empty() {
-            refs.push(self.write_chunk(&chunk)?);
+        if !group.is_empty() {
+            refs.push(self.write_chunk(&group)?);
         }
         if refs.is_empty() {
             return Ok(());
@@ -363,8 +364,14 @@ impl BlockWriter {
         Ok(())
     }
 
-    fn write_chunk(&mut self, chunk: &Chunk) -> Result<ChunkRef, StoreError> {
-        let bytes = chunk.bytes();
+    /// Writes one chunk of `samples` (oldest first), in decimal form when that is smaller.
+    fn write_chunk(&mut self, samples: &[Sample]) -> Result<ChunkRef, StoreError> {
+        let mut chunk = Chunk::new();
+        for s in samples {
+            chunk.append(s.timestamp_ms, s.value);
+        }
+        let decimal = super::decimal::encode(samples).filter(|d| d.len() < chunk.bytes().len());
+        let bytes = decimal.as_deref().unwrap_or(chunk.bytes());
         let len =
             u32::try_from(bytes.len()).map_err(|_| StoreError::RecordTooLarge(bytes.len()))?;
         self.chunks

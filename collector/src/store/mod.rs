@@ -52,6 +52,7 @@ mod block;
 mod checkpoint;
 mod chunk;
 mod commit;
+mod decimal;
 mod head;
 mod maintain;
 mod matcher;

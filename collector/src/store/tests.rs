@@ -933,16 +933,18 @@ async fn retention_deletes_old_blocks_by_age_and_by_size() {
     store.close();
 }
 
+/// The numbers on the complete (newline-terminated) lines of `path`.
+fn complete_lines(path: &Path) -> Vec<i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter_map(|l| l.parse().ok()).collect()
+}
+
 /// The crash test's child: appends forever (until killed), with maintenance running all the
 /// time, recording each acknowledged append in `acked`.
 fn crash_child(dir: &Path, acked: &Path) {
     use std::io::Write;
-    let first: i64 = std::fs::read_to_string(acked)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse::<i64>().ok())
-        .max()
-        .map_or(0, |i| i + 1);
+    let first: i64 = complete_lines(acked).into_iter().max().map_or(0, |i| i + 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -971,7 +973,9 @@ fn crash_child(dir: &Path, acked: &Path) {
                 ]))
                 .await
                 .unwrap();
-            writeln!(log, "{i}").unwrap();
+            // One write per line: `writeln!` may write the number and the newline separately,
+            // and a kill between the two would glue this line to the next run's first.
+            log.write_all(format!("{i}\n").as_bytes()).unwrap();
         }
     });
 }
@@ -1009,11 +1013,7 @@ fn kill_9_during_cuts_checkpoints_and_compactions_loses_nothing_acknowledged() {
         std::thread::sleep(Duration::from_millis(400 + 137 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let acks: Vec<i64> = std::fs::read_to_string(&acked)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect();
+        let acks = complete_lines(&acked);
         assert!(acks.len() > total, "round {round}: the child made progress");
         total = acks.len();
         let store = Store::open(StoreConfig {

@@ -1,0 +1,258 @@
+//! Decimal chunks: how a block stores a chunk whose values are all short decimals (counters
+//! of bytes or packets, gauges of counts, seconds with a few decimals), which is most of what
+//! hosts report. Gorilla's XOR of two such floats keeps many meaningful bits; the difference of
+//! the integers `value x 10^k` usually fits a byte or two. A block chunk is written in this form
+//! when every value round-trips exactly and the result is smaller than the Gorilla chunk.
+//!
+//! # Format
+//! ```text
+//! byte 0        0xff: a Gorilla chunk starts with its u16 big-endian count, at most
+//!               `SAMPLES_PER_CHUNK` (120), so its first byte is never 0xff
+//! byte 1        k, the decimal exponent (0..=6): value = integer / 10^k
+//! bytes 2..6    length of the timestamp part, u32 little-endian
+//! timestamps    a Gorilla chunk of the timestamps (every value 0: one bit each)
+//! values        the first integer as a zigzag varint, then each difference from the previous
+//! ```
+//! Decoding never trusts the bytes: a malformed chunk ends the iteration early, never panics.
+
+use sonde_common::model::Sample;
+
+use super::chunk::{Chunk, ChunkIter};
+
+const MARKER: u8 = 0xff;
+const HEADER_LEN: usize = 6;
+const MAX_EXPONENT: i32 = 6;
+/// Integers beyond this lose precision as `f64`; such values stay in Gorilla chunks.
+const MAX_INT: f64 = 9_007_199_254_740_992.0;
+
+fn pow10(k: i32) -> f64 {
+    10f64.powi(k)
+}
+
+/// The integers `v x 10^k` for the smallest `k` at which every value round-trips bit for bit.
+fn integers(samples: &[Sample]) -> Option<(u8, Vec<i64>)> {
+    'exponent: for k in 0..=MAX_EXPONENT {
+        let scale = pow10(k);
+        let mut out = Vec::with_capacity(samples.len());
+        for s in samples {
+            let m = (s.value * scale).round();
+            if !m.is_finite() || m.abs() >= MAX_INT {
+                return None;
+            }
+            // Checked through the integer, exactly as decoding computes it (-0.0 fails here).
+            let m = m as i64;
+            if (m as f64 / scale).to_bits() != s.value.to_bits() {
+                continue 'exponent;
+            }
+            out.push(m);
+        }
+        return Some((k as u8, out));
+    }
+    None
+}
+
+fn write_uvarint(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+fn read_uvarint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut x = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        x |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+fn unzigzag(x: u64) -> i64 {
+    ((x >> 1) as i64) ^ -((x & 1) as i64)
+}
+
+/// The decimal form of `samples` (oldest first, at most `u16::MAX`), if every value has one.
+pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
+    let (k, ints) = integers(samples)?;
+    let mut times = Chunk::new();
+    for s in samples {
+        if !times.append(s.timestamp_ms, 0.0) {
+            return None;
+        }
+    }
+    let times = times.bytes();
+    let mut out = Vec::with_capacity(HEADER_LEN + times.len() + ints.len() * 2);
+    out.push(MARKER);
+    out.push(k);
+    out.extend_from_slice(&u32::try_from(times.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(times);
+    let mut prev = 0i64;
+    for m in ints {
+        write_uvarint(&mut out, zigzag(m.wrapping_sub(prev)));
+        prev = m;
+    }
+    Some(out)
+}
+
+/// Iterates over a block chunk in either form.
+pub(crate) enum AnyChunkIter<'a> {
+    Gorilla(ChunkIter<'a>),
+    Decimal {
+        times: ChunkIter<'a>,
+        values: &'a [u8],
+        pos: usize,
+        prev: i64,
+        scale: f64,
+    },
+}
+
+/// Reads a block chunk, Gorilla or decimal.
+pub(crate) fn iter(bytes: &[u8]) -> AnyChunkIter<'_> {
+    match bytes {
+        [MARKER, k, l0, l1, l2, l3, rest @ ..] => {
+            let len = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
+            let k = i32::from(*k);
+            if len > rest.len() || k > MAX_EXPONENT {
+                // Malformed: yields nothing.
+                return AnyChunkIter::Gorilla(ChunkIter::new(&[]));
+            }
+            let (times, values) = rest.split_at(len);
+            AnyChunkIter::Decimal {
+                times: ChunkIter::new(times),
+                values,
+                pos: 0,
+                prev: 0,
+                scale: pow10(k),
+            }
+        }
+        _ => AnyChunkIter::Gorilla(ChunkIter::new(bytes)),
+    }
+}
+
+impl Iterator for AnyChunkIter<'_> {
+    type Item = Sample;
+
+    fn next(&mut self) -> Option<Sample> {
+        match self {
+            AnyChunkIter::Gorilla(it) => it.next(),
+            AnyChunkIter::Decimal {
+                times,
+                values,
+                pos,
+                prev,
+                scale,
+            } => {
+                let t = times.next()?.timestamp_ms;
+                let m = prev.wrapping_add(unzigzag(read_uvarint(values, pos)?));
+                *prev = m;
+                Some(Sample::new(t, m as f64 / *scale))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples(values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Sample::new(1_700_000_000_000 + i as i64 * 10_000, v))
+            .collect()
+    }
+
+    fn roundtrip(s: &[Sample]) -> Vec<(i64, u64)> {
+        iter(&encode(s).unwrap())
+            .map(|x| (x.timestamp_ms, x.value.to_bits()))
+            .collect()
+    }
+
+    fn bits(s: &[Sample]) -> Vec<(i64, u64)> {
+        s.iter()
+            .map(|x| (x.timestamp_ms, x.value.to_bits()))
+            .collect()
+    }
+
+    #[test]
+    fn integers_and_short_decimals_round_trip_and_shrink() {
+        let counter: Vec<f64> = (0..120)
+            .map(|i| (1_000_000 + i * 37 + i % 5) as f64)
+            .collect();
+        let seconds: Vec<f64> = (0..120).map(|i| 12_345.67 + i as f64 * 0.01).collect();
+        let seconds: Vec<f64> = seconds
+            .iter()
+            .map(|v| (v * 100.0).round() / 100.0)
+            .collect();
+        for values in [&counter, &seconds] {
+            let s = samples(values);
+            assert_eq!(roundtrip(&s), bits(&s));
+            let mut gorilla = Chunk::new();
+            for x in &s {
+                gorilla.append(x.timestamp_ms, x.value);
+            }
+            let decimal = encode(&s).unwrap();
+            assert!(
+                decimal.len() < gorilla.bytes().len(),
+                "{} vs {}",
+                decimal.len(),
+                gorilla.bytes().len()
+            );
+        }
+        assert_eq!(integers(&samples(&[1.5, 2.25])).unwrap().0, 2);
+    }
+
+    #[test]
+    fn values_without_a_short_decimal_form_are_refused() {
+        for v in [f64::NAN, f64::INFINITY, -0.0, 1.0 / 3.0, 1e300, 0.1234567] {
+            assert!(encode(&samples(&[1.0, v])).is_none(), "{v}");
+        }
+        // Prometheus's stale marker is a NaN.
+        assert!(encode(&samples(&[f64::from_bits(0x7ff0_0000_0000_0002)])).is_none());
+    }
+
+    #[test]
+    fn gorilla_chunks_still_read() {
+        let mut c = Chunk::new();
+        c.append(5, 1.5);
+        c.append(7, f64::NAN);
+        let got: Vec<i64> = iter(c.bytes()).map(|s| s.timestamp_ms).collect();
+        assert_eq!(got, [5, 7]);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut marked = vec![MARKER];
+            marked.extend_from_slice(&bytes);
+            let _ = iter(&bytes).count();
+            let _ = iter(&marked).count();
+        }
+
+        #[test]
+        fn what_encodes_round_trips(
+            ints in proptest::collection::vec(-1_000_000_000i64..1_000_000_000, 1..130),
+            k in 0i32..4,
+        ) {
+            let s: Vec<Sample> = ints.iter().map(|&m| m as f64 / pow10(k)).collect::<Vec<_>>()
+                .iter().enumerate()
+                .map(|(i, &v)| Sample::new(i as i64 * 15_000 - 7, v))
+                .collect();
+            if let Some(bytes) = encode(&s) {
+                let got: Vec<(i64, u64)> = iter(&bytes).map(|x| (x.timestamp_ms, x.value.to_bits())).collect();
+                prop_assert_eq!(got, bits(&s));
+            }
+        }
+    }
+}
