@@ -92,8 +92,12 @@ fn bench(c: &mut Criterion) {
     let store = filled(dir.path(), end);
     let stats = store.stats();
     eprintln!(
-        "store: {} blocks, {} samples in blocks, {} in the head",
-        stats.blocks, stats.block_samples, stats.samples_in_head
+        "store: {} blocks, {} samples in blocks ({:.2} bytes each), {} in the head, {} WAL bytes",
+        stats.blocks,
+        stats.block_samples,
+        stats.block_bytes as f64 / stats.block_samples.max(1) as f64,
+        stats.samples_in_head,
+        stats.wal_bytes
     );
     let reader = Reader {
         store: &store,

@@ -952,9 +952,14 @@ pub struct StoreFigures {
     pub samples_offered: u64,
     pub samples_ingested: u64,
     pub samples_failed: u64,
-    /// The store's own count of the samples it holds (Sonde: head samples; VictoriaMetrics:
-    /// rows in its storage parts), read after the ingest.
+    /// The store's own count of the samples it holds (Sonde: head plus blocks;
+    /// VictoriaMetrics: rows in its storage parts), read after the ingest.
     pub samples_stored: Option<u64>,
+    /// Where Sonde's bytes are (its self-metrics): blocks, their samples, and the WAL (which
+    /// holds what the head has not cut into blocks yet, plus the segment being written).
+    pub sonde_block_bytes: Option<u64>,
+    pub sonde_block_samples: Option<u64>,
+    pub sonde_wal_bytes: Option<u64>,
     pub backfill_truncated: bool,
     pub ingest_seconds: f64,
     pub ingest_samples_per_s: f64,
@@ -1101,6 +1106,8 @@ struct Ingested {
     rss_after: u64,
     disk: (u64, u64),
     stored: Option<u64>,
+    /// Sonde's blocks bytes, block samples and WAL bytes.
+    split: (Option<u64>, Option<u64>, Option<u64>),
 }
 
 async fn ingest(store: Store, s: &Started, plan: &Schedule, quiet: bool) -> Ingested {
@@ -1123,7 +1130,23 @@ async fn ingest(store: Store, s: &Started, plan: &Schedule, quiet: bool) -> Inge
     };
     let settled = procs::proc_sample(pid).unwrap_or_default();
     let stored = stored_samples(store, s.server.port).await;
+    let split = match store {
+        Store::Sonde => {
+            let m = |name| metric_sum(s.server.port, name);
+            (
+                m("sonde_collector_store_block_bytes")
+                    .await
+                    .map(|v| v as u64),
+                m("sonde_collector_store_block_samples")
+                    .await
+                    .map(|v| v as u64),
+                m("sonde_collector_store_wal_bytes").await.map(|v| v as u64),
+            )
+        }
+        Store::VictoriaMetrics => (None, None, None),
+    };
     Ingested {
+        split,
         cpu_ingest: after.cpu_seconds - before.cpu_seconds,
         cpu_settle: settled.cpu_seconds - before.cpu_seconds,
         settle,
@@ -1255,6 +1278,9 @@ pub async fn run(
             samples_ingested: ingested,
             samples_failed: r.failed_samples,
             samples_stored: ing.stored,
+            sonde_block_bytes: ing.split.0,
+            sonde_block_samples: ing.split.1,
+            sonde_wal_bytes: ing.split.2,
             backfill_truncated: ing.backfill.truncated,
             ingest_seconds: r.elapsed.as_secs_f64(),
             ingest_samples_per_s: ingested as f64 / r.elapsed.as_secs_f64().max(1e-9),
@@ -1452,6 +1478,29 @@ fn table(plan: &Schedule, interval: Duration, so: &StoreFigures, vm: &StoreFigur
         bps(vm.bytes_per_sample),
         ratio(so.bytes_per_sample, vm.bytes_per_sample),
     );
+    if let (Some(bytes), Some(samples), Some(wal)) = (
+        so.sonde_block_bytes,
+        so.sonde_block_samples,
+        so.sonde_wal_bytes,
+    ) {
+        row(
+            "Sonde blocks: bytes per sample (index incl.)",
+            format!(
+                "{:.3} ({} of {} samples)",
+                bytes as f64 / samples.max(1) as f64,
+                samples,
+                so.samples_ingested
+            ),
+            "-".into(),
+            None,
+        );
+        row(
+            "Sonde WAL (head not yet in blocks)",
+            mib(wal as f64),
+            "-".into(),
+            None,
+        );
+    }
     row(
         "peak RSS during ingest",
         mib(so.peak_rss_bytes as f64),
