@@ -471,26 +471,31 @@ impl Store {
         let found = if blocks.is_empty() {
             head
         } else {
-            // Blocks oldest first, then the head: each series' pieces arrive in time order.
-            let mut merged: std::collections::BTreeMap<Series, Vec<Sample>> =
+            // Blocks oldest first, then the head: each series' pieces arrive in time order, and
+            // are joined once, into a vector of the right size.
+            let mut pieces: std::collections::BTreeMap<Series, Vec<Vec<Sample>>> =
                 std::collections::BTreeMap::new();
             for (series, samples) in blocks
                 .iter()
                 .flat_map(|b| b.select(&matchers, start_ms, end_ms))
                 .chain(head)
             {
-                match merged.entry(series) {
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(samples);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut e) => {
-                        e.get_mut().extend(samples);
-                    }
-                }
+                pieces.entry(series).or_default().push(samples);
             }
-            merged
+            pieces
                 .into_iter()
-                .map(|(series, mut samples)| {
+                .map(|(series, parts)| {
+                    let mut samples = match <[Vec<Sample>; 1]>::try_from(parts) {
+                        Ok([one]) => one,
+                        Err(parts) => {
+                            let mut all =
+                                Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>());
+                            for p in parts {
+                                all.extend(p);
+                            }
+                            all
+                        }
+                    };
                     if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
                         samples.sort_by_key(|s| s.timestamp_ms);
                     }
