@@ -162,9 +162,10 @@ pub struct DriveResult {
     pub acked: Vec<Ack>,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn client(timeout: Duration) -> HttpClient {
+/// A pooled HTTP client for pushing, with `timeout` to connect.
+pub(crate) fn client(timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeout));
@@ -223,14 +224,27 @@ pub fn encode(host: &Host, tick: u64, timestamp_ms: i64, protocol: Protocol) -> 
     }
 }
 
-enum Sent {
+/// How one push ended: a status (with Retry-After, if given) or a network failure by kind.
+pub(crate) enum Sent {
     Status(u16, Option<Duration>),
     Network(&'static str),
 }
 
 async fn send_once(client: &HttpClient, cfg: &DriveConfig, body: Bytes) -> Sent {
-    let mut req = hyper::Request::post(cfg.target.clone());
-    req = match cfg.protocol {
+    post(client, &cfg.target, cfg.protocol, cfg.timeout, body).await
+}
+
+/// Pushes `body` (encoded for `protocol`) to `target` once, with its Content-Type and
+/// Content-Encoding, waiting at most `timeout` for the answer and again for its body.
+pub(crate) async fn post(
+    client: &HttpClient,
+    target: &hyper::Uri,
+    protocol: Protocol,
+    timeout: Duration,
+    body: Bytes,
+) -> Sent {
+    let mut req = hyper::Request::post(target.clone());
+    req = match protocol {
         Protocol::Native => req
             .header(CONTENT_TYPE, wire::CONTENT_TYPE)
             .header(CONTENT_ENCODING, Compression::Zstd.http_encoding()),
@@ -242,7 +256,7 @@ async fn send_once(client: &HttpClient, cfg: &DriveConfig, body: Bytes) -> Sent 
     let Ok(req) = req.body(Full::new(body)) else {
         return Sent::Network("bad_request");
     };
-    match tokio::time::timeout(cfg.timeout, client.request(req)).await {
+    match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_) => Sent::Network("timeout"),
         Ok(Err(_)) => Sent::Network("network"),
         Ok(Ok(resp)) => {
@@ -252,7 +266,7 @@ async fn send_once(client: &HttpClient, cfg: &DriveConfig, body: Bytes) -> Sent 
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let _ = tokio::time::timeout(cfg.timeout, resp.into_body().collect()).await;
+            let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
             Sent::Status(status, retry_after)
         }
     }

@@ -30,15 +30,14 @@
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use sonde_common::model::{MetricKind, Sample, Series};
 use sonde_common::remote_write as rw;
-use sonde_common::retry::{Backoff, Verdict, classify_status, parse_retry_after};
+use sonde_common::retry::{Backoff, Verdict, classify_status};
 use sonde_common::wire::{self, Batch, BatchBuilder, BatchHeader, Compression};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::drive::{DriveResult, Mode, Protocol, Second};
+use crate::drive::{self, DriveResult, HttpClient, Mode, Protocol, Second, Sent};
 use crate::generate::{Host, HostShape};
 use crate::procs::{self, Server};
 use crate::report::{self, ProcessUsage, Report};
@@ -74,15 +73,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 const QUERY_SELECTOR: &str = r#"node_cpu_seconds_total{mode=~"user|system|idle|iowait"}"#;
 const QUERY_SERIES_PER_HOST: usize = 16;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+    drive::client(Duration::from_secs(5))
+}
+
+async fn post(client: &HttpClient, url: &hyper::Uri, store: Store, body: Bytes) -> Sent {
+    drive::post(client, url, store.protocol(), REQUEST_TIMEOUT, body).await
 }
 
 /// The backfill's shape: hosts, timestamps.
@@ -332,41 +328,6 @@ fn single_sample_body(
                 }],
             }],
         })),
-    }
-}
-
-enum Sent {
-    Status(u16, Option<Duration>),
-    Network(&'static str),
-}
-
-async fn post(client: &HttpClient, url: &hyper::Uri, store: Store, body: Bytes) -> Sent {
-    let mut req = hyper::Request::post(url.clone());
-    req = match store.protocol() {
-        Protocol::Native => req
-            .header(CONTENT_TYPE, wire::CONTENT_TYPE)
-            .header(CONTENT_ENCODING, Compression::Zstd.http_encoding()),
-        Protocol::RemoteWrite => req
-            .header(CONTENT_TYPE, rw::CONTENT_TYPE)
-            .header(CONTENT_ENCODING, rw::CONTENT_ENCODING)
-            .header(rw::VERSION_HEADER, rw::VERSION),
-    };
-    let Ok(req) = req.body(Full::new(body)) else {
-        return Sent::Network("bad_request");
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await {
-        Err(_) => Sent::Network("timeout"),
-        Ok(Err(_)) => Sent::Network("network"),
-        Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect()).await;
-            Sent::Status(status, retry_after)
-        }
     }
 }
 

@@ -109,7 +109,7 @@ impl MemSeries {
 
     /// What appending (`t`, `bits`) would do, accepting samples up to `window` ms older than
     /// the newest one.
-    pub(crate) fn classify(&self, t: i64, bits: u64, window: i64) -> Verdict {
+    fn classify(&self, t: i64, bits: u64, window: i64) -> Verdict {
         let Some((last_t, last_bits)) = self.last else {
             return Verdict::Append;
         };
@@ -155,17 +155,13 @@ impl MemSeries {
         scan(chunk.iter())
     }
 
-    /// Appends if the sample is new; returns what happened.
-    fn append(&mut self, t: i64, v: f64, window: i64) -> Verdict {
+    /// Stores a sample [`Head::classify`] judged [`Verdict::Append`].
+    fn insert(&mut self, t: i64, v: f64) {
         let bits = v.to_bits();
-        let verdict = self.classify(t, bits, window);
-        if verdict != Verdict::Append {
-            return verdict;
-        }
         if self.last.is_some_and(|(last_t, _)| t < last_t) {
             let at = self.ooo.partition_point(|&(x, _)| x < t);
             self.ooo.insert(at, (t, bits));
-            return verdict;
+            return;
         }
         if self.open.len() >= SAMPLES_PER_CHUNK {
             let full = std::mem::take(&mut self.open);
@@ -174,7 +170,6 @@ impl MemSeries {
         if self.open.append(t, v) {
             self.last = Some((t, bits));
         }
-        verdict
     }
 
     /// Calls `f` with every sample in `[start, end]`, oldest first, until it returns false.
@@ -569,27 +564,32 @@ impl Head {
 
     /// Appends a sample to a series, if it is new.
     pub(crate) fn append(&mut self, slot: Slot, t: i64, v: f64) -> Verdict {
-        let Some(s) = self.series.get_mut(slot as usize) else {
+        let Some(s) = self.series.get(slot as usize) else {
             return Verdict::OutOfOrder;
         };
-        if t < self.min_valid_t {
-            return Verdict::OutOfOrder;
-        }
-        let verdict = s.append(t, v, self.ooo_window);
-        if verdict == Verdict::Append {
+        let verdict = self.classify(s, t, v.to_bits());
+        if verdict == Verdict::Append
+            && let Some(s) = self.series.get_mut(slot as usize)
+        {
+            s.insert(t, v);
             self.samples += 1;
             self.max_t = self.max_t.max(t);
         }
         verdict
     }
 
+    /// What appending (`t`, `bits`) to `s` would do: older than the last block cut is out of
+    /// order; otherwise the series decides, within the out-of-order window.
+    pub(crate) fn classify(&self, s: &MemSeries, t: i64, bits: u64) -> Verdict {
+        if t < self.min_valid_t {
+            return Verdict::OutOfOrder;
+        }
+        s.classify(t, bits, self.ooo_window)
+    }
+
     /// Accept samples up to `ms` older than their series' newest sample.
     pub(crate) fn set_out_of_order_window(&mut self, ms: i64) {
         self.ooo_window = ms.max(0);
-    }
-
-    pub(crate) fn out_of_order_window(&self) -> i64 {
-        self.ooo_window
     }
 
     /// Appends of samples older than this are refused (see [`Head::cut_below`]).
@@ -617,14 +617,15 @@ impl Head {
         self.min_valid_t = self.min_valid_t.max(t);
     }
 
-    /// The series of slots `range` with their samples in `[start, end]`.
+    /// The series of `slots` with samples in `[start, end]` (that the head serves), with them.
     pub(crate) fn series_samples(
         &self,
-        range: std::ops::Range<Slot>,
+        slots: impl IntoIterator<Item = Slot>,
         start: i64,
         end: i64,
     ) -> Vec<(Series, Vec<Sample>)> {
-        range
+        slots
+            .into_iter()
             .filter_map(|slot| self.get(slot))
             .filter_map(|s| {
                 let samples = s.samples_in(start.max(self.min_query_t), end);
@@ -683,15 +684,7 @@ impl Head {
         start: i64,
         end: i64,
     ) -> Vec<(Series, Vec<Sample>)> {
-        let mut out: Vec<(Series, Vec<Sample>)> = self
-            .matching(matchers)
-            .into_iter()
-            .filter_map(|slot| self.get(slot))
-            .filter_map(|s| {
-                let samples = s.samples_in(start.max(self.min_query_t), end);
-                (!samples.is_empty()).then(|| (s.series.clone(), samples))
-            })
-            .collect();
+        let mut out = self.series_samples(self.matching(matchers), start, end);
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out
     }

@@ -47,6 +47,10 @@
 //! - The commit thread ([`commit`]) owns the segment files and the directory lock; callers
 //!   reach it through a bounded channel and wait on a oneshot, so concurrent appends share one
 //!   write and one fsync.
+//! - The maintenance thread ([`maintain`]) takes the head's write lock only briefly (to move
+//!   the cut, then to free what a written block holds) and its read lock per batch of series
+//!   while copying them; blocks sit in their own `RwLock<Vec<Arc<Block>>>`, so a query keeps
+//!   reading a block retention or compaction has just removed.
 
 mod block;
 mod checkpoint;
@@ -732,15 +736,8 @@ fn encode_samples(
         return Ok(());
     };
     let mut logged = s.logged;
-    let min_valid_t = head.min_valid_t();
-    let window = head.out_of_order_window();
     for sample in view.samples() {
-        if sample.timestamp_ms < min_valid_t {
-            // Its time range is already cut into a block.
-            stats.out_of_order += 1;
-            continue;
-        }
-        match s.classify(sample.timestamp_ms, sample.value.to_bits(), window) {
+        match head.classify(s, sample.timestamp_ms, sample.value.to_bits()) {
             Verdict::Append => {
                 if !logged {
                     // Until a SERIES record is durable, every request carrying samples of
@@ -846,6 +843,26 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// Applies every record of one WAL file (segment or checkpoint) to `head`, counting records
+/// and the ones that cannot be decoded; returns how the file ended.
+fn replay_file(
+    path: &Path,
+    head: &mut Head,
+    report: &mut ReplayReport,
+    applied: &mut Applied,
+) -> Result<SegmentEnd, StoreError> {
+    wal::read_segment(path, |payload| {
+        report.records += 1;
+        if let Err(e) = commit::apply_record(head, payload, applied) {
+            tracing::warn!(
+                "skipping a WAL record of {} that cannot be decoded: {e}",
+                path.display()
+            );
+            report.undecodable_records += 1;
+        }
+    })
+}
+
 /// Replays the newest checkpoint and every segment after it into `head`, repairing a torn
 /// tail. Returns the report, the index of the segment to write next and the bytes of the WAL.
 fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, u32, u64), StoreError> {
@@ -857,16 +874,7 @@ fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, u32, u64), S
         // Finish what a crash may have interrupted: the replaced segments' deletion.
         checkpoint::remove_replaced(wal_dir, cp)?;
         let path = checkpoint::path(wal_dir, cp);
-        let end = wal::read_segment(&path, |payload| {
-            report.records += 1;
-            if let Err(e) = commit::apply_record(head, payload, &mut applied) {
-                tracing::warn!(
-                    "skipping a WAL record of {} that cannot be decoded: {e}",
-                    path.display()
-                );
-                report.undecodable_records += 1;
-            }
-        })?;
+        let end = replay_file(&path, head, &mut report, &mut applied)?;
         if let SegmentEnd::Damaged { offset, reason, .. } = end {
             tracing::warn!(
                 "WAL checkpoint {} is damaged at offset {offset} ({reason}): continuing with the segments after it",
@@ -886,16 +894,7 @@ fn replay(wal_dir: &Path, head: &mut Head) -> Result<(ReplayReport, u32, u64), S
             tracing::warn!("WAL segment before {} is missing", path.display());
         }
         report.segments += 1;
-        let end = wal::read_segment(&path, |payload| {
-            report.records += 1;
-            if let Err(e) = commit::apply_record(head, payload, &mut applied) {
-                tracing::warn!(
-                    "skipping a WAL record of {} that cannot be decoded: {e}",
-                    path.display()
-                );
-                report.undecodable_records += 1;
-            }
-        })?;
+        let end = replay_file(&path, head, &mut report, &mut applied)?;
         match end {
             SegmentEnd::Clean => {
                 bytes += std::fs::metadata(&path)
