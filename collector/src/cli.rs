@@ -160,6 +160,43 @@ pub struct Cli {
     #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value = "2m")]
     pub query_timeout: String,
 
+    /// Directory of Prometheus rule files (*.yml, *.yaml) to evaluate: alerting and recording
+    /// rules, reloaded when a file changes and on SIGHUP. Without it no rules run.
+    #[arg(long, env = "SONDE_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+
+    /// Alert manager configuration in Alertmanager's format (route, receivers, inhibit_rules).
+    /// Without it alerts are kept and listed but nobody is notified.
+    #[arg(long, env = "SONDE_ALERT_CONFIG")]
+    pub alert_config: Option<PathBuf>,
+
+    /// Prometheus query API the rules are evaluated against (VictoriaMetrics, Prometheus, Mimir:
+    /// the URL before /api/v1/query). Without it, the embedded store in this process.
+    #[arg(long, env = "SONDE_QUERY_URL")]
+    pub query_url: Option<String>,
+
+    /// Bearer token sent to --query-url (and to --alerting).
+    #[arg(long, env = "SONDE_QUERY_TOKEN", hide_env_values = true)]
+    pub query_token: Option<String>,
+
+    /// How far behind the wall clock rules are evaluated, to absorb ingestion lag (vmalert's
+    /// -rule.evalDelay). The embedded store shows a sample as soon as it is acknowledged.
+    #[arg(long, env = "SONDE_EVALUATION_DELAY", default_value = "0s")]
+    pub evaluation_delay: String,
+
+    /// Evaluation interval of rule groups that do not set their own.
+    #[arg(long, env = "SONDE_EVALUATION_INTERVAL", default_value = "1m")]
+    pub evaluation_interval: String,
+
+    /// URL of a separate alerting instance (another sonde-collector with --rules-dir) to forward
+    /// samples to that its threshold rules want (the fast path).
+    #[arg(long, env = "SONDE_ALERTING")]
+    pub alerting: Option<String>,
+
+    /// URL this instance is reached at, for links in notifications (generatorURL).
+    #[arg(long, env = "SONDE_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_collector=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,
@@ -167,6 +204,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check Prometheus rule files offline (like promtool check rules); exits 1 on any error.
+    CheckRules {
+        /// Rule files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check an alert manager configuration file offline; exits 1 on any error.
+    CheckAlertConfig {
+        /// The Alertmanager-format file.
+        file: PathBuf,
+    },
     /// Disk queue maintenance.
     Queue {
         #[command(subcommand)]

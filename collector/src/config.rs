@@ -53,6 +53,23 @@ pub struct QueryConfig {
     pub timeout: Duration,
 }
 
+/// The alerting loop: rules, where they are evaluated, and the alert manager.
+#[derive(Clone, Debug)]
+pub struct AlertingConfig {
+    /// Rule files; `None`: no rules are evaluated.
+    pub rules_dir: Option<PathBuf>,
+    /// Alertmanager-format routing and receivers; `None`: alerts are listed, not notified.
+    pub alert_config: Option<PathBuf>,
+    /// Remote Prometheus query API; `None`: the embedded store in-process.
+    pub query_url: Option<hyper::Uri>,
+    pub query_token: Option<String>,
+    pub evaluation_delay: Duration,
+    pub evaluation_interval: Duration,
+    /// A separate alerting instance to forward fast-path samples to.
+    pub forward_to: Option<hyper::Uri>,
+    pub external_url: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -67,10 +84,37 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
+    pub alerting: AlertingConfig,
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
     parse_duration(value).map_err(|reason| ConfigError::Invalid { flag, reason })
+}
+
+fn nonzero_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(flag, value)?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+/// An http(s) URL with a host.
+fn uri(flag: &'static str, value: &str) -> Result<hyper::Uri, ConfigError> {
+    let u: hyper::Uri = value.parse().map_err(|e| ConfigError::Invalid {
+        flag,
+        reason: format!("{value:?} is not a URL: {e}"),
+    })?;
+    if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: format!("{value:?} must be an http:// or https:// URL with a host"),
+        });
+    }
+    Ok(u)
 }
 
 fn positive(flag: &'static str, value: usize) -> Result<usize, ConfigError> {
@@ -183,6 +227,30 @@ impl TryFrom<Cli> for Config {
                 max_series: positive("query-max-series", cli.query_max_series)?,
                 max_samples: positive("query-max-samples", cli.query_max_samples)?,
                 timeout: duration("query-timeout", &cli.query_timeout)?,
+            },
+            alerting: AlertingConfig {
+                external_url: cli
+                    .external_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", cli.listen)),
+                rules_dir: cli.rules_dir,
+                alert_config: cli.alert_config,
+                query_url: cli
+                    .query_url
+                    .as_deref()
+                    .map(|u| uri("query-url", u))
+                    .transpose()?,
+                query_token: cli.query_token,
+                evaluation_delay: duration("evaluation-delay", &cli.evaluation_delay)?,
+                evaluation_interval: nonzero_duration(
+                    "evaluation-interval",
+                    &cli.evaluation_interval,
+                )?,
+                forward_to: cli
+                    .alerting
+                    .as_deref()
+                    .map(|u| uri("alerting", u))
+                    .transpose()?,
             },
         })
     }

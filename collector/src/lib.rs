@@ -5,6 +5,7 @@
 //! [`run`] serves on a listener the caller binds, until a cancellation token fires, so tests
 //! run the whole collector in-process on port 0 and the binary only parses flags and signals.
 
+pub mod alerting;
 pub mod cli;
 pub mod config;
 pub mod events;

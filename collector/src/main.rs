@@ -37,6 +37,32 @@ fn main() -> anyhow::Result<()> {
 /// Runs a maintenance command and exits.
 fn maintenance(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::CheckRules { files } => {
+            let mut failed = false;
+            for file in &files {
+                match sonde_collector::alerting::rules::check_file(file) {
+                    Ok(summary) => println!("{}: {summary}", file.display()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::CheckAlertConfig { file } => {
+            match sonde_collector::alerting::manager::config::check_file(&file) {
+                Ok(summary) => println!("{}: {summary}", file.display()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+            Ok(())
+        }
         Command::Queue {
             action: QueueCommand::Verify { dir },
         } => {

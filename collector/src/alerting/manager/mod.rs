@@ -1,0 +1,3 @@
+//! The alert manager (being built).
+
+pub mod config;

@@ -1,0 +1,57 @@
+//! The alerting loop. An alert's path: [`rules`] (rule files -> a cached, hot-reloaded set of
+//! groups) -> [`evaluate`] (each group on its interval against a [`QuerySource`], alert state
+//! inactive -> pending -> firing -> resolved) and [`fastpath`] (plain threshold rules checked
+//! on each forwarded sample) -> [`manager`] (silences, inhibition, routing, grouping,
+//! de-duplication, notification with retries) -> receivers (webhooks, a real Alertmanager).
+//!
+//! The hand-over between evaluation and the manager is Alertmanager's own model: an [`Alert`]
+//! is firing while its `ends_at_ms` lies in the future; the evaluator re-sends firing alerts on
+//! every evaluation with `ends_at_ms` a few intervals ahead, and sends a resolved alert with
+//! `ends_at_ms` set to the time it resolved. An alert whose sender goes quiet therefore resolves
+//! by itself, and any Prometheus or vmalert can post to the manager's `/api/v2/alerts` too.
+
+pub mod evaluate;
+pub mod fastpath;
+pub mod manager;
+pub mod rules;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Label names and values, sorted by name.
+pub type LabelMap = BTreeMap<String, String>;
+
+/// One alert as evaluation hands it to the manager (Alertmanager's postable alert).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Identity: the alert's labels, `alertname` included.
+    pub labels: LabelMap,
+    pub annotations: LabelMap,
+    /// When the alert started firing (ms since the epoch).
+    pub starts_at_ms: i64,
+    /// When it resolved, or, while firing, when it is to be treated as resolved unless the
+    /// sender refreshes it (ms since the epoch).
+    pub ends_at_ms: i64,
+    /// A link back to the rule or expression that produced it.
+    pub generator_url: String,
+}
+
+impl Alert {
+    /// Firing at `now_ms`?
+    pub fn is_firing(&self, now_ms: i64) -> bool {
+        self.ends_at_ms > now_ms
+    }
+}
+
+/// Where evaluated alerts go: the manager in this process (or, in tests, a recorder).
+pub trait AlertSink: Send + Sync {
+    /// Hands `alerts` of `tenant` over; returns at once (the manager queues its own work).
+    fn send(&self, tenant: &str, alerts: Vec<Alert>);
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
