@@ -4,6 +4,7 @@
 //! this host.
 
 mod agentbench;
+mod alerting_bench;
 mod audit;
 mod demo;
 mod drive;
@@ -37,7 +38,7 @@ struct Cli {
 enum Command {
     /// Drive load at a running target and report (optionally auditing its storage).
     Run(RunArgs),
-    /// Run a ready-made scenario: baseline, peer, fleet, outage, fleet-outage or storage.
+    /// Run a ready-made scenario: baseline, peer, fleet, outage, fleet-outage, storage or alerting.
     Scenario(scenario::ScenarioArgs),
     /// Run a collector (embedded store) and an agent on this host, until Ctrl-C.
     Demo(demo::DemoArgs),

@@ -14,6 +14,9 @@
 //! - `storage`: the embedded store against VictoriaMetrics on the same backfill: ingest rate
 //!   and CPU, bytes per sample on disk, memory, visibility delay, range-query latency
 //!   ([`crate::storage_bench`]).
+//! - `alerting`: push-to-webhook latency (fast path and query-based rules, existing and new
+//!   series) and rule evaluations per CPU second over 10,000 series, against vmalert over
+//!   VictoriaMetrics ([`crate::alerting_bench`]).
 
 use anyhow::bail;
 use serde::Serialize;
@@ -29,7 +32,7 @@ use crate::report::{self, ProcessUsage, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
-    /// baseline, peer, fleet, outage, fleet-outage or storage.
+    /// baseline, peer, fleet, outage, fleet-outage, storage or alerting.
     pub name: String,
     /// Length of each load phase.
     #[arg(long, default_value = "30s")]
@@ -224,8 +227,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
         "outage" => outage(&plan).await?,
         "fleet-outage" => fleet_outage(&plan).await?,
         "storage" => crate::storage_bench::run(&plan.args, plan.interval).await?,
+        "alerting" => crate::alerting_bench::run(&plan.args).await?,
         other => bail!(
-            "unknown scenario '{other}': baseline, peer, fleet, outage, fleet-outage or storage"
+            "unknown scenario '{other}': baseline, peer, fleet, outage, fleet-outage, storage or alerting"
         ),
     };
     let lost = reports.iter().map(|r| r.lost).sum();

@@ -191,3 +191,162 @@ impl<T> Ready for Option<T> {
         self
     }
 }
+
+/// One request a [`Webhook`] received.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+    /// What the receiver answered.
+    pub status: u16,
+    pub at: Instant,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook receiver on 127.0.0.1 that records every request (Alertmanager's webhook JSON)
+/// and can fail the first N with 500. Stopped when dropped.
+pub struct Webhook {
+    pub port: u16,
+    deliveries: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Webhook {
+    pub fn start(fail_first: usize) -> Webhook {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let deliveries = Arc::new(Mutex::new(Vec::<Delivery>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let deliveries = Arc::clone(&deliveries);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut seen = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let (stream, _) = match listener.accept() {
+                        Ok(pair) => pair,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let Some((headers, body)) = read_request(&stream) else {
+                        continue;
+                    };
+                    seen += 1;
+                    let status = if seen <= fail_first { 500 } else { 200 };
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    deliveries.lock().unwrap().push(Delivery {
+                        headers,
+                        body,
+                        status,
+                        at: Instant::now(),
+                    });
+                    let reason = if status == 200 {
+                        "OK"
+                    } else {
+                        "Internal Server Error"
+                    };
+                    let _ = (&stream).write_all(
+                        format!(
+                            "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                }
+            })
+        };
+        Webhook {
+            port,
+            deliveries,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Every request so far, failed ones included.
+    pub fn all(&self) -> Vec<Delivery> {
+        self.deliveries.lock().unwrap().clone()
+    }
+
+    /// The requests answered 200, each idempotency key once (what a de-duplicating receiver
+    /// acts on).
+    pub fn accepted(&self) -> Vec<Delivery> {
+        let mut keys = std::collections::HashSet::new();
+        self.all()
+            .into_iter()
+            .filter(|d| d.status == 200)
+            .filter(|d| match d.header("idempotency-key") {
+                Some(k) => keys.insert(k.to_owned()),
+                None => true,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request: (lower-cased headers, body).
+fn read_request(mut stream: &TcpStream) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[header_end + 4..].to_vec();
+    while body.len() < len {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Some((headers, body))
+}
