@@ -313,8 +313,10 @@ impl Drop for Webhook {
     }
 }
 
-/// Reads one HTTP/1.1 request: (lower-cased headers, body).
-fn read_request(mut stream: &TcpStream) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+/// A request's lower-cased headers and its body.
+type Request = (Vec<(String, String)>, Vec<u8>);
+
+fn read_request(mut stream: &TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
