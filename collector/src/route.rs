@@ -26,17 +26,35 @@ impl RouteError {
     }
 }
 
+/// Sees every batch once it is durable, without slowing it down: the alerting fast path (in
+/// this process, or forwarded to a separate alerting instance).
+pub trait SampleTap: Send + Sync {
+    /// Looks at `batch` of `tenant`; must return at once.
+    fn offer(&self, tenant: &str, batch: &Batch);
+}
+
 /// Hands validated batches to the destinations.
 #[derive(Clone)]
 pub struct Router {
     store: Option<Store>,
     sinks: Vec<RemoteWriteSink>,
+    taps: Vec<std::sync::Arc<dyn SampleTap>>,
 }
 
 impl Router {
     /// `store` is `None` when remote storage replaces the embedded store.
     pub fn new(store: Option<Store>, sinks: Vec<RemoteWriteSink>) -> Self {
-        Self { store, sinks }
+        Self {
+            store,
+            sinks,
+            taps: Vec::new(),
+        }
+    }
+
+    /// Adds a tap that sees every batch after it is durable.
+    pub fn with_tap(mut self, tap: std::sync::Arc<dyn SampleTap>) -> Self {
+        self.taps.push(tap);
+        self
     }
 
     /// Returns once the batch is durable in every destination, in `tenant`'s namespace.
@@ -59,13 +77,17 @@ impl Router {
                 });
             }
         }
-        match &self.store {
-            Some(store) => Ok(store.append_tenant(tenant, batch).await?),
-            None => Ok(AppendStats {
+        let stats = match &self.store {
+            Some(store) => store.append_tenant(tenant, batch).await?,
+            None => AppendStats {
                 appended: batch.sample_count() as u64,
                 ..AppendStats::default()
-            }),
+            },
+        };
+        for tap in &self.taps {
+            tap.offer(tenant, batch);
         }
+        Ok(stats)
     }
 
     pub fn sinks(&self) -> &[RemoteWriteSink] {

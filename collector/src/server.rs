@@ -33,6 +33,7 @@ use crate::ingest::{self, IngestError};
 use crate::query;
 use crate::query::eval::Reader;
 use crate::route::Router;
+use crate::sinks::alerting::AlertingForwarder;
 use crate::sinks::remote_write::{RemoteWriteConfig, RemoteWriteSink};
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub store: Store,
     pub router: Router,
     pub events: Events,
+    /// Forwards fast-path samples to a separate alerting instance (`--alerting`).
+    pub forwarder: Option<AlertingForwarder>,
     ready: AtomicBool,
 }
 
@@ -122,6 +125,14 @@ pub async fn run(
     if config.insecure_no_auth && !auth.enabled() {
         tracing::warn!(listen = %config.listen, "running WITHOUT authentication (--insecure-no-auth): anyone who reaches this address can write and read every series");
     }
+    let forwarder = config.alerting.forward_to.clone().map(|url| {
+        tracing::info!(url = %url, "forwarding threshold samples to the alerting instance");
+        AlertingForwarder::start(url, config.alerting.query_token.clone(), shutdown.clone())
+    });
+    let mut router = Router::new((!remote).then(|| store.clone()), sinks.clone());
+    if let Some(f) = &forwarder {
+        router = router.with_tap(Arc::new(f.clone()));
+    }
     let state = Arc::new(AppState {
         auth,
         dedup: Dedup::new(config.ingest.dedup_batches),
@@ -129,7 +140,8 @@ pub async fn run(
             config.ingest.tenant_samples_per_second,
             config.ingest.tenant_samples_per_second * 2.0,
         ),
-        router: Router::new((!remote).then(|| store.clone()), sinks.clone()),
+        router,
+        forwarder,
         store,
         events: Events::default(),
         ready: AtomicBool::new(true),
@@ -223,26 +235,64 @@ pub async fn run(
 fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     match (method, path) {
         (_, "/healthz" | "/readyz") => None,
-        (&Method::POST, "/api/v1/push" | "/api/v1/write") => Some(Scope::Write),
+        (
+            &Method::POST,
+            "/api/v1/push" | "/api/v1/write" | "/api/v1/alerting/samples" | "/api/v2/alerts",
+        ) => Some(Scope::Write),
+        (&Method::POST, "/api/v2/silences" | "/-/reload") => Some(Scope::Admin),
+        (&Method::DELETE, p) if p.starts_with("/api/v2/silence/") => Some(Scope::Admin),
         _ => Some(Scope::Read),
     }
+}
+
+/// The tenant a request acts for. A request may name one in `X-Scope-OrgID`: with
+/// authentication that must be the token's own tenant, except that a token with the admin
+/// scope may forward fast-path samples for any tenant (a fleet collector does so).
+fn acting_tenant(
+    auth_enabled: bool,
+    path: &str,
+    principal: Principal,
+    headers: &hyper::HeaderMap,
+) -> Result<Principal, Denied> {
+    let Some(named) = headers
+        .get("x-scope-orgid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(principal);
+    };
+    if named == principal.tenant {
+        return Ok(principal);
+    }
+    if path == "/api/v1/alerting/samples" && principal.has(Scope::Admin) {
+        return Ok(principal.for_tenant(named));
+    }
+    if !auth_enabled {
+        return Ok(principal);
+    }
+    Err(Denied::OtherTenant {
+        token: principal.tenant,
+        named: named.to_owned(),
+    })
 }
 
 /// 401 (with a Bearer challenge) or 403, in the shape the endpoint speaks.
 fn denied(state: &AppState, path: &str, peer: SocketAddr, d: Denied) -> Response<Body> {
     let status = match d {
-        Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+        Denied::Forbidden(_) | Denied::OtherTenant { .. } => StatusCode::FORBIDDEN,
         _ => StatusCode::UNAUTHORIZED,
     };
     state
         .events
         .request_denied(d.reason(), path, &peer.to_string());
-    let mut resp =
-        if path.starts_with("/api/v1/") && path != "/api/v1/push" && path != "/api/v1/write" {
-            query::error_response(status, d.reason(), &d.to_string())
-        } else {
-            text(status, format!("{d}\n"))
-        };
+    let mut resp = if (path.starts_with("/api/v1/") || path.starts_with("/api/v2/"))
+        && path != "/api/v1/push"
+        && path != "/api/v1/write"
+    {
+        query::error_response(status, d.reason(), &d.to_string())
+    } else {
+        text(status, format!("{d}\n"))
+    };
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             WWW_AUTHENTICATE,
@@ -260,6 +310,10 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             Ok(p) => p,
             Err(d) => return denied(&state, &path, peer, d),
         },
+    };
+    let principal = match acting_tenant(state.auth.enabled(), &path, principal, req.headers()) {
+        Ok(p) => p,
+        Err(d) => return denied(&state, &path, peer, d),
     };
     match (req.method(), path.as_str()) {
         (&Method::POST, "/api/v1/push") => {
@@ -294,6 +348,9 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 .collect();
             let mut e = sonde_common::telemetry::TextEncoder::new();
             crate::sinks::remote_write::SinkStats::render_all(&mut e, &rows);
+            if let Some(f) = &state.forwarder {
+                f.render_metrics(&mut e);
+            }
             body.push_str(&e.finish());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(

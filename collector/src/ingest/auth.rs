@@ -66,6 +66,14 @@ impl Principal {
         }
     }
 
+    /// The same scopes, acting for `tenant` (a trusted forwarder's samples).
+    pub fn for_tenant(&self, tenant: &str) -> Principal {
+        Principal {
+            tenant: tenant.to_owned(),
+            scopes: self.scopes,
+        }
+    }
+
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes & scope.bit() != 0
     }
@@ -79,6 +87,9 @@ pub enum Denied {
     Invalid,
     #[error("this token lacks the '{}' scope", .0.name())]
     Forbidden(Scope),
+    /// The request names a tenant (`X-Scope-OrgID`) the token does not belong to.
+    #[error("this token belongs to tenant '{token}' and cannot act for tenant '{named}'")]
+    OtherTenant { token: String, named: String },
 }
 
 impl Denied {
@@ -87,6 +98,7 @@ impl Denied {
             Denied::Missing => "unauthenticated",
             Denied::Invalid => "invalid_token",
             Denied::Forbidden(_) => "forbidden",
+            Denied::OtherTenant { .. } => "other_tenant",
         }
     }
 }

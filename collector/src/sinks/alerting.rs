@@ -189,6 +189,12 @@ impl AlertingForwarder {
     }
 }
 
+impl crate::route::SampleTap for AlertingForwarder {
+    fn offer(&self, tenant: &str, batch: &Batch) {
+        AlertingForwarder::offer(self, tenant, batch);
+    }
+}
+
 fn request(
     method: hyper::Method,
     url: &str,
