@@ -1,4 +1,5 @@
-//! The demo: starts `sonde-collector` (embedded store in a data directory) and `sonde-agent`
+//! The demo: starts `sonde-collector` (embedded store in a data directory, the example rules
+//! and alert manager configuration of `collector/config`) and `sonde-agent`
 //! (this host's metrics, pushed to it) from the same directory as this binary, prints where to
 //! look, and stops both with SIGTERM on Ctrl-C or SIGTERM.
 
@@ -19,6 +20,28 @@ pub struct DemoArgs {
     /// The agent's collection interval.
     #[arg(long, default_value = "5s")]
     interval: String,
+    /// Rule files and alert manager configuration for the collector (default: the example
+    /// ones in the source tree, collector/config).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+}
+
+/// The example configuration: `collector/config` of the source tree this binary was built
+/// from (found next to `target/<profile>/`, else where the build saw it).
+fn example_config() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let candidates = [
+        exe.parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+            .map(|root| root.join("collector/config")),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../collector/config")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("rules").is_dir())
+        .context("collector/config (the example rules) not found: pass --config-dir")
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -54,9 +77,17 @@ async fn ready(listen: &str) -> bool {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let config = match &args.config_dir {
+        Some(d) => d.clone(),
+        None => example_config()?,
+    };
     let mut collector = Command::new(sibling("sonde-collector")?)
         .args(["--listen", &args.listen, "--data-dir"])
         .arg(&args.data_dir)
+        .arg("--rules-dir")
+        .arg(config.join("rules"))
+        .arg("--alert-config")
+        .arg(config.join("alertmanager.yml"))
         .kill_on_drop(true)
         .spawn()
         .context("cannot start sonde-collector")?;
@@ -78,9 +109,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start sonde-agent")?;
     eprintln!(
-        "\nSonde is running: this host's metrics arrive every {interval}.\n  overview:  http://{listen}/\n  query:     http://{listen}/api/v1/query?query=node_load1\n  Grafana:   add a Prometheus data source with URL http://{listen}\nCtrl-C stops both.\n",
+        "\nSonde is running: this host's metrics arrive every {interval}.\n  overview:  http://{listen}/\n  query:     http://{listen}/api/v1/query?query=node_load1\n  alerts:    http://{listen}/api/v1/alerts (rules: {rules})\n  Grafana:   add a Prometheus data source with URL http://{listen}\nCtrl-C stops both.\n",
         interval = args.interval,
         listen = args.listen,
+        rules = config.join("rules").display(),
     );
     tokio::select! {
         _ = term.recv() => {}
