@@ -54,6 +54,8 @@ pub struct AppState {
     pub events: Events,
     /// Forwards fast-path samples to a separate alerting instance (`--alerting`).
     pub forwarder: Option<AlertingForwarder>,
+    /// Metric families' types, for `/api/v1/metadata`.
+    pub metadata: Arc<crate::query::metadata::Metadata>,
     ready: AtomicBool,
 }
 
@@ -129,7 +131,9 @@ pub async fn run(
         tracing::info!(url = %url, "forwarding threshold samples to the alerting instance");
         AlertingForwarder::start(url, config.alerting.query_token.clone(), shutdown.clone())
     });
-    let mut router = Router::new((!remote).then(|| store.clone()), sinks.clone());
+    let metadata = Arc::new(crate::query::metadata::Metadata::default());
+    let mut router =
+        Router::new((!remote).then(|| store.clone()), sinks.clone()).with_tap(metadata.clone());
     if let Some(f) = &forwarder {
         router = router.with_tap(Arc::new(f.clone()));
     }
@@ -142,6 +146,7 @@ pub async fn run(
         ),
         router,
         forwarder,
+        metadata,
         store,
         events: Events::default(),
         ready: AtomicBool::new(true),

@@ -155,6 +155,21 @@ fn agent_to_collector_survives_sigkill() {
             .any(|v| v == host.as_str()),
         "{body}"
     );
+    // Each family's type, as the agent declared it.
+    let (status, body) = http_get(port, "/api/v1/metadata").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        meta["data"]["node_cpu_seconds_total"][0]["type"], "counter",
+        "{body}"
+    );
+    assert_eq!(
+        meta["data"]["node_memory_MemTotal_bytes"][0]["type"],
+        "gauge"
+    );
+    let (_, body) = http_get(port, "/api/v1/metadata?metric=node_load1").unwrap();
+    let one: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(one["data"].as_object().unwrap().len(), 1, "{body}");
 
     // Let a few more batches land, then kill the collector without warning.
     wait_until(

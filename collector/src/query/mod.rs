@@ -5,6 +5,7 @@
 //! works unchanged.
 
 pub mod eval;
+pub mod metadata;
 pub mod params;
 
 use bytes::Bytes;
@@ -182,7 +183,10 @@ pub async fn handle(
             "goVersion": "",
             "application": "sonde-collector",
         }))),
-        "/api/v1/metadata" => Ok(Data::Json(json!({}))),
+        "/api/v1/metadata" => {
+            state.events.query("metadata");
+            metadata(state, &principal.tenant, &params)
+        }
         p => match p
             .strip_prefix("/api/v1/label/")
             .and_then(|r| r.strip_suffix("/values"))
@@ -501,6 +505,22 @@ fn label_values(
     values.sort();
     values.dedup();
     Ok(json!(values))
+}
+
+fn metadata(state: &AppState, tenant: &str, params: &Params) -> Result<Data, ApiError> {
+    let limit = match params.get("limit") {
+        None | Some("") => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n as usize),
+            Ok(_) => None,
+            Err(_) => return Err(bad_data(format!("invalid limit {v:?}"))),
+        },
+    };
+    Ok(Data::Json(state.metadata.json(
+        tenant,
+        params.get("metric").filter(|m| !m.is_empty()),
+        limit,
+    )))
 }
 
 #[cfg(test)]
