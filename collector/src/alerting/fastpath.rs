@@ -1,1 +1,1 @@
-//! Placeholder: filled in by the alerting work.
+//! Fast path (being built).

@@ -1,0 +1,1 @@
+//! Rule evaluation (being built).
