@@ -610,12 +610,14 @@ async fn started_groups_run_and_stop() {
     e.rules.replace(set);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let g = e.ev.groups();
-        let st = g.get(&e.key()).unwrap();
-        if st.group.rules[0].expr == "up > 1" && st.iterations >= 1 {
+        let done = {
+            let g = e.ev.groups();
+            let st = g.get(&e.key()).unwrap();
+            st.group.rules[0].expr == "up > 1" && st.iterations >= 1
+        };
+        if done {
             break;
         }
-        drop(g);
         assert!(Instant::now() < deadline, "changed group never evaluated");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
