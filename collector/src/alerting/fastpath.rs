@@ -333,3 +333,155 @@ impl FastPath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerting::evaluate::tests::{T0, batch, env};
+
+    const RULES: &str = r#"
+groups:
+  - name: fast
+    interval: 1m
+    rules:
+      - alert: Hot
+        expr: cpu{env="prod"} > 90
+        labels:
+          severity: page
+          where: "{{ $labels.host }}"
+        annotations:
+          summary: "{{ $value }}"
+      - alert: Slow
+        expr: 100 <= (latency)
+        for: 1m
+      - alert: Rate
+        expr: rate(cpu[5m]) > 1
+      - alert: Bool
+        expr: cpu > bool 90
+      - alert: Offset
+        expr: cpu offset 1m > 90
+      - alert: Agg
+        expr: sum(cpu) > 1
+      - alert: Vectors
+        expr: cpu > latency
+"#;
+
+    fn alert_names(alerts: &[Alert]) -> Vec<String> {
+        alerts
+            .iter()
+            .map(|a| a.labels["alertname"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn violating_sample_fires_at_once() {
+        let e = env(RULES);
+        let fp = FastPath::new(&e.ev);
+        assert_eq!(fp.selectors(""), ["cpu{env=\"prod\"}", "latency"]);
+        assert!(fp.selectors("acme").is_empty());
+
+        fp.offer(
+            "",
+            &batch("cpu", &[("env", "dev"), ("host", "a")], &[(T0, 99.0)]),
+        );
+        fp.offer(
+            "",
+            &batch("cpu", &[("env", "prod"), ("host", "a")], &[(T0, 50.0)]),
+        );
+        fp.offer(
+            "acme",
+            &batch("cpu", &[("env", "prod"), ("host", "a")], &[(T0, 99.0)]),
+        );
+        assert!(e.sink.take().is_empty());
+
+        fp.offer(
+            "",
+            &batch("cpu", &[("env", "prod"), ("host", "b")], &[(T0, 95.0)]),
+        );
+        let sent = e.sink.take();
+        assert_eq!(alert_names(&sent), ["Hot"]);
+        assert_eq!(sent[0].starts_at_ms, T0);
+        assert!(sent[0].is_firing(crate::alerting::now_ms()));
+        assert_eq!(sent[0].labels["where"], "b");
+        assert_eq!(sent[0].annotations["summary"], "95");
+        // Already firing: the fast path does not repeat it.
+        fp.offer(
+            "",
+            &batch(
+                "cpu",
+                &[("env", "prod"), ("host", "b")],
+                &[(T0 + 1000, 96.0)],
+            ),
+        );
+        assert!(e.sink.take().is_empty());
+    }
+
+    #[tokio::test]
+    async fn for_is_honoured() {
+        let e = env(RULES);
+        let fp = FastPath::new(&e.ev);
+        let l = [("host", "a")];
+        fp.offer("", &batch("latency", &l, &[(T0, 150.0)]));
+        fp.offer("", &batch("latency", &l, &[(T0 + 30_000, 150.0)]));
+        assert!(e.sink.take().is_empty(), "pending until for has passed");
+        fp.offer("", &batch("latency", &l, &[(T0 + 60_000, 100.0)]));
+        let sent = e.sink.take();
+        assert_eq!(alert_names(&sent), ["Slow"]);
+        assert_eq!(sent[0].starts_at_ms, T0 + 60_000);
+    }
+
+    /// The fast path and query evaluation raise the same alert for a series: one entry in the
+    /// table, one identity at the sink, the fast path's start kept.
+    #[tokio::test]
+    async fn labels_identical_to_query_evaluation() {
+        let e = env(RULES);
+        let fp = FastPath::new(&e.ev);
+        let b = batch("cpu", &[("env", "prod"), ("host", "a")], &[(T0, 97.0)]);
+        fp.offer("", &b);
+        e.store.append(&b).await.unwrap();
+        let fast = e.sink.take();
+        assert_eq!(fast.len(), 1);
+
+        e.ev.evaluate_group(&e.key(), T0 + 60_000).await.unwrap();
+        let evaluated: Vec<Alert> = e
+            .sink
+            .take()
+            .into_iter()
+            .filter(|a| a.labels["alertname"] == "Hot")
+            .collect();
+        assert_eq!(evaluated.len(), 1);
+        assert_eq!(evaluated[0].labels, fast[0].labels);
+        assert_eq!(evaluated[0].starts_at_ms, fast[0].starts_at_ms);
+        let groups = e.ev.groups();
+        let hot = &groups.get(&e.key()).unwrap().rules[0];
+        assert_eq!(hot.alerts.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+    use crate::alerting::evaluate::tests::{T0, batch, env};
+
+    /// A query evaluated before the sample the fast path fired on does not resolve the alert;
+    /// a later query without the series does.
+    #[tokio::test]
+    async fn query_older_than_the_sample_does_not_resolve() {
+        let e =
+            env("groups:\n  - name: g\n    rules:\n      - alert: Hot\n        expr: cpu > 90\n");
+        let fp = FastPath::new(&e.ev);
+        fp.offer("", &batch("cpu", &[("host", "a")], &[(T0, 95.0)]));
+        assert_eq!(e.sink.take().len(), 1);
+        e.ev.evaluate_group(&e.key(), T0 - 1000).await.unwrap();
+        let sent = e.sink.take();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].is_firing(T0));
+        e.ev.evaluate_group(&e.key(), T0 + 60_000).await.unwrap();
+        let sent = e.sink.take();
+        assert_eq!(sent.len(), 1);
+        assert!(
+            !sent[0].is_firing(T0 + 60_000),
+            "resolved once the query saw no data"
+        );
+    }
+}

@@ -28,7 +28,7 @@ mod api;
 pub mod source;
 pub mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use api::RulesFilter;
 pub use source::{Embedded, Http, QueryElem, QueryError, QuerySource};

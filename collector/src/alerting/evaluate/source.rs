@@ -300,3 +300,184 @@ impl QuerySource for Http {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A process started by the test, killed by PID when dropped (also on failure).
+    struct Daemon(Child);
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn http(method: &str, url: &str, body: &str) -> (u16, String) {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let req = Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        match client.request(req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let b = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&b).into_owned())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_source_against_victoria_metrics() {
+        let bin = "/usr/bin/victoria-metrics";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is needed for this test"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let _vm = Daemon(
+            Command::new(bin)
+                .arg(format!("-storageDataPath={}", dir.path().display()))
+                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                .arg("-search.latencyOffset=0s")
+                .arg("-search.disableCache")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while http("GET", &format!("{base}/health"), "").await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "victoria-metrics did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let now = crate::alerting::now_ms() / 1000 * 1000;
+        let t = now - 60_000;
+        let text = format!("cpu{{host=\"a\"}} 95 {t}\ncpu{{host=\"b\"}} 20 {t}\n");
+        let (s, body) = http("POST", &format!("{base}/api/v1/import/prometheus"), &text).await;
+        assert!((200..300).contains(&s), "import: {s} {body}");
+        let (s, _) = http("GET", &format!("{base}/internal/force_flush"), "").await;
+        assert_eq!(s, 200);
+
+        let src = Http::new(
+            &base.parse().unwrap(),
+            Some("secret".into()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            let got = src.query("acme", "cpu > 90", t + 1000).await.unwrap();
+            if !got.is_empty() || std::time::Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].labels.get("host").map(String::as_str), Some("a"));
+        assert_eq!(got[0].value, 95.0);
+
+        let scalar = src.query("", "1 + 1", t).await.unwrap();
+        assert_eq!(
+            scalar,
+            [QueryElem {
+                labels: LabelMap::new(),
+                value: 2.0
+            }]
+        );
+        let empty = src.query("", "nothing_here", t).await.unwrap();
+        assert!(empty.is_empty());
+        // VictoriaMetrics answers a parse error with 422 (errorType "422"): not retried.
+        let bad = src.query("", "sum(", t).await.unwrap_err();
+        assert!(bad.to_string().contains("unexpected token"), "{bad:?}");
+        assert!(!bad.is_retryable());
+
+        // Nobody listening: retryable.
+        let down = Http::new(
+            &format!("http://127.0.0.1:{}", free_port()).parse().unwrap(),
+            None,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let e = down.query("", "up", t).await.unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(Http::new(&"https://x".parse().unwrap(), None, Duration::from_secs(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn http_source_against_prometheus() {
+        let bin = "/usr/bin/prometheus";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is needed for this test"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1m\n").unwrap();
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let _prom = Daemon(
+            Command::new(bin)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while http("GET", &format!("{base}/-/ready"), "").await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let src = Http::new(&base.parse().unwrap(), None, Duration::from_secs(5)).unwrap();
+        let t = crate::alerting::now_ms();
+        let got = src
+            .query(
+                "",
+                "label_replace(vector(3), \"job\", \"x\", \"\", \"\") > 2",
+                t,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels.get("job").map(String::as_str), Some("x"));
+        assert_eq!(got[0].value, 3.0);
+        assert_eq!(
+            src.query("", "scalar(vector(0.5))", t).await.unwrap()[0].value,
+            0.5
+        );
+        assert!(src.query("", "vector(1) > 2", t).await.unwrap().is_empty());
+        let bad = src.query("", "sum(", t).await.unwrap_err();
+        assert!(matches!(bad, QueryError::BadData(_)), "{bad:?}");
+        let nan = src.query("", "vector(0) / 0", t).await.unwrap();
+        assert!(nan[0].value.is_nan());
+    }
+}
