@@ -189,12 +189,11 @@ impl FastPath {
         if c.generation != generation {
             let mut by_tenant: HashMap<String, HashMap<String, Vec<Arc<FastRule>>>> =
                 HashMap::new();
-            for g in &self.ev.rules().current().groups {
-                let key = g.key();
-                for (i, r) in g.rules.iter().enumerate() {
-                    if let Some((name, fr)) = compile(&key, i, r) {
+            for (key, gs) in self.ev.groups().iter() {
+                for (i, r) in gs.group.rules.iter().enumerate() {
+                    if let Some((name, fr)) = compile(key, i, r) {
                         by_tenant
-                            .entry(g.tenant.clone())
+                            .entry(key.tenant.clone())
                             .or_default()
                             .entry(name)
                             .or_default()
@@ -483,5 +482,32 @@ mod delay_tests {
             !sent[0].is_firing(T0 + 60_000),
             "resolved once the query saw no data"
         );
+    }
+
+    /// A fast-path firing is saved by `flush` (which the evaluator's task runs when it stops),
+    /// so a restart keeps its start.
+    #[tokio::test]
+    async fn fast_path_state_survives_restart() {
+        let e =
+            env("groups:\n  - name: g\n    rules:\n      - alert: Hot\n        expr: cpu > 90\n");
+        let fp = FastPath::new(&e.ev);
+        fp.offer("", &batch("cpu", &[("host", "a")], &[(T0, 95.0)]));
+        assert_eq!(e.sink.take().len(), 1);
+        e.ev.flush().await;
+        let ev = crate::alerting::evaluate::tests::evaluator(
+            e.dir.path(),
+            &e.rules,
+            &e.source,
+            &e.sink,
+            &e.store,
+        );
+        e.store
+            .append(&batch("cpu", &[("host", "a")], &[(T0, 95.0)]))
+            .await
+            .unwrap();
+        ev.evaluate_group(&e.key(), T0 + 60_000).await.unwrap();
+        let sent = e.sink.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].starts_at_ms, T0);
     }
 }

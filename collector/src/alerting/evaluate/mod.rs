@@ -343,7 +343,8 @@ impl Evaluator {
         touched
     }
 
-    /// Runs every group on its own task and follows rule reloads, until `cancel`.
+    /// Runs every group on its own task and follows rule reloads, until `cancel`; then stops
+    /// the group tasks and saves unsaved state. Await the handle to know it is done.
     pub fn start(&self, cancel: CancellationToken) -> JoinHandle<()> {
         let ev = self.clone();
         tokio::spawn(async move { ev.supervise(cancel).await })
@@ -396,6 +397,38 @@ impl Evaluator {
             c.cancel();
             let _ = h.await;
         }
+        self.flush().await;
+    }
+
+    /// Saves the state of every group changed since its last save (the fast path's changes
+    /// between evaluations). [`Evaluator::start`]'s task does this when it stops.
+    pub async fn flush(&self) {
+        let dirty: Vec<(GroupKey, GroupAlerts)> = self
+            .groups()
+            .iter_mut()
+            .filter(|(_, g)| g.dirty)
+            .map(|(k, g)| {
+                g.dirty = false;
+                let alerts = g
+                    .rules
+                    .iter()
+                    .map(|r| (r.rule.state_key(), r.alerts.clone()))
+                    .collect();
+                (k.clone(), alerts)
+            })
+            .collect();
+        if dirty.is_empty() {
+            return;
+        }
+        let dir = self.inner.opts.state_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (k, alerts) in dirty {
+                if let Err(e) = state::save(&dir, &k, &alerts) {
+                    tracing::warn!(group = %k.name, error = %e, "cannot save alert state");
+                }
+            }
+        })
+        .await;
     }
 
     async fn run_group(self, key: GroupKey, cancel: CancellationToken) {

@@ -481,3 +481,108 @@ mod tests {
         assert!(nan[0].value.is_nan());
     }
 }
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one request with `answer` (status line and JSON), returning the request's head.
+    async fn one_shot(
+        status: &'static str,
+        answer: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn tenant_token_and_form() {
+        let (url, task) = one_shot(
+            "200 OK",
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"a"},"value":[1700000000,"+Inf"]}]}}"#,
+        )
+        .await;
+        let src = Http::new(
+            &format!("{url}/prom/").parse().unwrap(),
+            Some("tok".into()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let got = src
+            .query("acme", "up == 1", 1_700_000_000_500)
+            .await
+            .unwrap();
+        assert_eq!(got[0].value, f64::INFINITY);
+        assert_eq!(got[0].labels.get("job").map(String::as_str), Some("a"));
+        let req = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let lower = req.to_ascii_lowercase();
+        assert!(req.starts_with("POST /prom/api/v1/query HTTP/1.1"), "{req}");
+        assert!(lower.contains("x-scope-orgid: acme"), "{req}");
+        assert!(lower.contains("authorization: bearer tok"), "{req}");
+        assert!(
+            req.ends_with("query=up+%3D%3D+1&time=1700000000.500"),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn default_tenant_sends_no_header_and_errors_classify() {
+        let (url, task) = one_shot(
+            "503 Service Unavailable",
+            r#"{"status":"error","errorType":"unavailable","error":"overloaded"}"#,
+        )
+        .await;
+        let src = Http::new(&url.parse().unwrap(), None, Duration::from_secs(5)).unwrap();
+        let e = src.query("", "up", 0).await.unwrap_err();
+        assert_eq!(e, QueryError::Unavailable("overloaded".into()));
+        let req = task.await.unwrap().to_ascii_lowercase();
+        assert!(!req.contains("x-scope-orgid"), "{req}");
+        assert!(!req.contains("authorization"), "{req}");
+
+        let (url, _task) = one_shot(
+            "422 Unprocessable Entity",
+            r#"{"status":"error","errorType":"execution","error":"too many samples"}"#,
+        )
+        .await;
+        let src = Http::new(&url.parse().unwrap(), None, Duration::from_secs(5)).unwrap();
+        let e = src.query("", "up", 0).await.unwrap_err();
+        assert_eq!(e, QueryError::Execution("too many samples".into()));
+    }
+}

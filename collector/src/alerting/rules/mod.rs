@@ -112,7 +112,8 @@ pub struct Rule {
     pub expr: String,
     /// Labels as written (templates unexpanded), sorted by name.
     pub labels: BTreeMap<String, String>,
-    /// Parsed label templates, in label-name order.
+    /// Parsed label templates, in label-name order (alerting rules only: recording rule
+    /// labels are literal).
     pub label_templates: Vec<(String, Template)>,
     /// Annotations as written.
     pub annotations: BTreeMap<String, String>,
@@ -357,13 +358,11 @@ fn validate_rule(r: RuleDef) -> Result<Rule, String> {
         if !alerting && n == "alertname" {
             return Err(format!("invalid label name: {n}"));
         }
-        let t = Template::parse(v).map_err(|e| format!("label {n:?}: bad template: {e}"))?;
-        if !alerting && !t.is_plain() {
-            return Err(format!(
-                "label {n:?}: recording rule labels cannot be templates"
-            ));
+        // Recording rule labels are literal, as in Prometheus.
+        if alerting {
+            let t = Template::parse(v).map_err(|e| format!("label {n:?}: bad template: {e}"))?;
+            label_templates.push((n.clone(), t));
         }
-        label_templates.push((n.clone(), t));
     }
     let annotations = r.annotations.unwrap_or_default();
     let kind = if alerting {
@@ -643,6 +642,20 @@ impl RuleStore {
                 Err(e)
             }
         }
+    }
+
+    /// [`RuleStore::reload`] on the blocking pool (for SIGHUP handlers in async code).
+    pub async fn reload_async(&self) -> Result<(), RuleFileError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || s.reload())
+            .await
+            .unwrap_or_else(|e| {
+                Err(RuleFileError::new(
+                    &self.inner.dir,
+                    None,
+                    format!("reload task failed: {e}"),
+                ))
+            })
     }
 
     /// Polls the directory every `period` (1 s in production) and reloads when a file was

@@ -232,3 +232,14 @@ async fn watcher_picks_up_changes() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn numeric_expr_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "n.yml",
+        "groups:\n  - name: n\n    rules:\n      - record: one\n        expr: 1\n",
+    );
+    assert_eq!(check_file(&p).unwrap(), "1 group, 1 rule");
+}
