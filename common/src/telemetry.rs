@@ -276,6 +276,22 @@ impl TextEncoder {
     }
 }
 
+impl TextEncoder {
+    /// One sample with its own labels, after a [`TextEncoder::family`] header (for families
+    /// keyed by several labels, e.g. rule group and rule). Labels with empty values are left
+    /// out, as the text format reads them the same.
+    pub fn labeled_sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        let mut l = String::new();
+        for (n, value) in labels.iter().filter(|(_, value)| !value.is_empty()) {
+            if !l.is_empty() {
+                l.push(',');
+            }
+            let _ = write!(l, "{n}=\"{}\"", escape(value));
+        }
+        self.line(name, &l, format_value(v));
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
