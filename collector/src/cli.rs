@@ -210,6 +210,31 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Evaluate rule files over a past time range against a Prometheus query API and print
+    /// the ALERTS series each evaluation step produced (like vmalert's replay mode).
+    ReplayRules {
+        /// Query API to evaluate against (a Sonde collector, VictoriaMetrics, Prometheus).
+        #[arg(long)]
+        query_url: String,
+        /// Bearer token for --query-url.
+        #[arg(long, env = "SONDE_QUERY_TOKEN", hide_env_values = true)]
+        query_token: Option<String>,
+        /// Start of the range: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        from: String,
+        /// End of the range (inclusive): RFC 3339 or Unix seconds.
+        #[arg(long)]
+        to: String,
+        /// Interval of groups that do not set their own.
+        #[arg(long, default_value = "1m")]
+        evaluation_interval: String,
+        /// Tenant the rules belong to (sent as X-Scope-OrgID).
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Rule files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Check an alert manager configuration file offline; exits 1 on any error.
     CheckAlertConfig {
         /// The Alertmanager-format file.

@@ -53,6 +53,39 @@ fn maintenance(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::ReplayRules {
+            query_url,
+            query_token,
+            from,
+            to,
+            evaluation_interval,
+            tenant,
+            files,
+        } => {
+            use sonde_collector::query::params::parse_time;
+            let replay = sonde_collector::alerting::replay::Replay {
+                files,
+                query_url: query_url
+                    .parse()
+                    .with_context(|| format!("--query-url {query_url:?} is not a URL"))?,
+                token: query_token,
+                from_ms: parse_time("from", &from).map_err(anyhow::Error::msg)?,
+                to_ms: parse_time("to", &to).map_err(anyhow::Error::msg)?,
+                default_interval: sonde_common::duration::parse_duration(&evaluation_interval)
+                    .map_err(|e| anyhow::anyhow!("--evaluation-interval: {e}"))?,
+                tenant,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let out = runtime
+                .block_on(sonde_collector::alerting::replay::run(replay))
+                .map_err(anyhow::Error::msg)
+                .context("replay failed")?;
+            print!("{out}");
+            Ok(())
+        }
         Command::CheckAlertConfig { file } => {
             match sonde_collector::alerting::manager::config::check_file(&file) {
                 Ok(summary) => println!("{}: {summary}", file.display()),

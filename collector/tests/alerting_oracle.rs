@@ -127,7 +127,9 @@ fn replayed_rules_fire_like_vmalert() {
     let start_s = (now_ms() / 1000 - 3600 - 60) / 60 * 60;
     let mut text = String::new();
     for step in 0..STEPS {
-        let ts = start_s * 1000 + step * STEP_MS;
+        // 5 s off the evaluation grid: no sample sits on a range window's edge, where
+        // Prometheus 2 (closed window) and MetricsQL (left-open) legitimately differ.
+        let ts = start_s * 1000 + step * STEP_MS + 5_000;
         let mut b = BatchBuilder::new(BatchHeader {
             agent_id: "oracle".into(),
             sequence: step as u64 + 1,
@@ -186,7 +188,8 @@ fn replayed_rules_fire_like_vmalert() {
             &format!("-rule={}", rules.display()),
             &format!("-datasource.url={vm_url}"),
             &format!("-remoteWrite.url={vm_url}"),
-            "-datasource.queryStep=30s",
+            // Each group's own interval as the step (this vmalert's default is 5m).
+            "-datasource.queryStep=0s",
             &format!("-replay.timeFrom={from}"),
             &format!("-replay.timeTo={to}"),
             "-replay.disableProgressBar",

@@ -13,6 +13,7 @@
 pub mod evaluate;
 pub mod fastpath;
 pub mod manager;
+pub mod replay;
 pub mod rules;
 
 use serde::{Deserialize, Serialize};
