@@ -206,27 +206,43 @@ impl Core {
         }
     }
 
-    /// Why `e` is muted now: an active silence or a firing inhibiting alert.
+    /// The firing alerts of `t` that are a source of some inhibit rule (usually few), taken
+    /// once per flush or listing so muting is not quadratic in the number of alerts.
+    pub fn inhibition_sources(&self, t: &Tenant, now_ms: i64) -> Vec<(u64, LabelMap)> {
+        let rules = &self.config.inhibit_rules;
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        t.alerts
+            .values()
+            .filter(|a| a.alert.is_firing(now_ms))
+            .filter(|a| {
+                rules
+                    .iter()
+                    .any(|r| super::matchers::all_match(&r.source, &a.alert.labels))
+            })
+            .map(|a| (a.fp, a.alert.labels.clone()))
+            .collect()
+    }
+
+    /// Why `e` is muted now: the ids of active silences, the fingerprints of inhibiting
+    /// alerts (`sources` from [`Core::inhibition_sources`]).
     pub fn mute_reason(
         &self,
         tenant: &str,
-        t: &Tenant,
+        sources: &[(u64, LabelMap)],
         e: &AlertEntry,
         now_ms: i64,
     ) -> (Vec<String>, Vec<String>) {
         let silenced = self.silences.muting(tenant, &e.alert.labels, now_ms);
-        let inhibited = if self.config.inhibit_rules.is_empty() {
-            Vec::new()
-        } else {
-            let firing = t
-                .alerts
-                .values()
-                .filter(|a| a.alert.is_firing(now_ms))
-                .map(|a| (a.fp, &a.alert.labels));
-            inhibit::inhibited_by(&self.config.inhibit_rules, firing, e.fp, &e.alert.labels)
-                .map(|fp| vec![fp_hex(fp)])
-                .unwrap_or_default()
-        };
+        let inhibited = inhibit::inhibited_by(
+            &self.config.inhibit_rules,
+            sources.iter().map(|(fp, l)| (*fp, l)),
+            e.fp,
+            &e.alert.labels,
+        )
+        .map(|fp| vec![fp_hex(fp)])
+        .unwrap_or_default();
         (silenced, inhibited)
     }
 
@@ -260,6 +276,7 @@ impl Core {
                 .map(|g| g.key.clone())
                 .collect();
         let mut leaving = BTreeSet::new();
+        let sources = self.inhibition_sources(&t, now_ms);
         for key in due {
             // Muting, decided once per alert for this flush.
             let mut members = Vec::new();
@@ -273,7 +290,7 @@ impl Core {
                 if !e.alert.is_firing(now_ms) {
                     resolved_here.push(*fp);
                 }
-                let (silenced, inhibited) = self.mute_reason(tenant, &t, e, now_ms);
+                let (silenced, inhibited) = self.mute_reason(tenant, &sources, e, now_ms);
                 let reason = match (silenced.first(), inhibited.first()) {
                     (Some(id), _) => Some(format!("silenced by {id}")),
                     (None, Some(fp)) => Some(format!("inhibited by {fp}")),

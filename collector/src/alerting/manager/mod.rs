@@ -343,11 +343,11 @@ impl Manager {
     fn view(
         core: &Core,
         tenant: &str,
-        t: &dispatch::Tenant,
+        sources: &[(u64, LabelMap)],
         e: &dispatch::AlertEntry,
         now: i64,
     ) -> AlertView {
-        let (silenced_by, inhibited_by) = core.mute_reason(tenant, t, e, now);
+        let (silenced_by, inhibited_by) = core.mute_reason(tenant, sources, e, now);
         AlertView {
             alert: e.alert.clone(),
             fingerprint: persist::fp_hex(e.fp),
@@ -369,11 +369,12 @@ impl Manager {
         let Some(t) = core.tenants.get(tenant) else {
             return Vec::new();
         };
+        let sources = core.inhibition_sources(t, now);
         let mut out: Vec<AlertView> = t
             .alerts
             .values()
             .filter(|e| e.alert.is_firing(now))
-            .map(|e| Self::view(&core, tenant, t, e, now))
+            .map(|e| Self::view(&core, tenant, &sources, e, now))
             .collect();
         out.sort_by(|a, b| a.alert.labels.cmp(&b.alert.labels));
         out
@@ -386,6 +387,7 @@ impl Manager {
         let Some(t) = core.tenants.get(tenant) else {
             return Vec::new();
         };
+        let sources = core.inhibition_sources(t, now);
         t.groups
             .values()
             .map(|g| GroupView {
@@ -396,7 +398,7 @@ impl Manager {
                     .iter()
                     .filter_map(|fp| t.alerts.get(fp))
                     .filter(|e| e.alert.is_firing(now))
-                    .map(|e| Self::view(&core, tenant, t, e, now))
+                    .map(|e| Self::view(&core, tenant, &sources, e, now))
                     .collect(),
             })
             .filter(|g| !g.alerts.is_empty())
