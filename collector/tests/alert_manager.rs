@@ -42,10 +42,21 @@ fn alert(name: &str, instance: &str, ends_in_ms: i64) -> Alert {
 struct Webhook {
     accepted: Arc<Mutex<Vec<(String, Value)>>>,
     requests: Arc<AtomicUsize>,
+    /// When each request arrived.
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Webhook {
     async fn start(fail_first: usize) -> (Webhook, String) {
+        Self::start_with(fail_first, StatusCode::INTERNAL_SERVER_ERROR, None).await
+    }
+
+    /// The first `fail_first` requests get `status`, with `Retry-After: retry_after` if given.
+    async fn start_with(
+        fail_first: usize,
+        status: StatusCode,
+        retry_after: Option<&'static str>,
+    ) -> (Webhook, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -67,9 +78,19 @@ impl Webhook {
                                 .to_owned();
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
                             let n = h.requests.fetch_add(1, Ordering::SeqCst);
+                            h.arrivals
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(std::time::Instant::now());
                             let mut resp = Response::new(Full::new(Bytes::new()));
                             if n < fail_first {
-                                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                                *resp.status_mut() = status;
+                                if let Some(ra) = retry_after {
+                                    resp.headers_mut().insert(
+                                        "retry-after",
+                                        hyper::header::HeaderValue::from_static(ra),
+                                    );
+                                }
                             } else if let Ok(b) = body {
                                 let v = serde_json::from_slice(&b).unwrap_or(Value::Null);
                                 let mut acc = h.accepted.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,6 +206,26 @@ async fn a_failing_webhook_gets_the_notification_exactly_once_after_retries() {
     assert_eq!(body["receiver"], "hook");
     assert_eq!(body["externalURL"], "http://sonde.test:9090");
     assert_eq!(body["alerts"].as_array().map(Vec::len), Some(2));
+    stop(m, token).await;
+}
+
+#[tokio::test]
+async fn retry_after_of_a_429_is_honoured() {
+    let (hook, url) = Webhook::start_with(1, StatusCode::TOO_MANY_REQUESTS, Some("1")).await;
+    let (m, token, _dir) = open(webhook_config(&url));
+    m.send("", vec![alert("Down", "a", HOUR)]);
+    wait_for("delivery", 15, || !hook.accepted().is_empty()).await;
+    let arrivals = hook
+        .arrivals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, before Retry-After"
+    );
     stop(m, token).await;
 }
 

@@ -338,8 +338,9 @@ fn list_groups(manager: &Manager, tenant: &str, params: &[(String, String)]) -> 
     json_response(StatusCode::OK, &Value::Array(list))
 }
 
+/// Unknown fields are ignored, as Alertmanager does, so newer clients keep working.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct PostableAlert {
     labels: LabelMap,
     #[serde(default)]
