@@ -12,7 +12,8 @@
 //! alerts arrive) and one sender per outbox notification; all stop on the shutdown token and
 //! are tracked so [`Manager::stopped`] can await them. Locks: `core` (store, groups,
 //! silences, nflog), then `outbox`, then `history`; never the other way round, and none is held
-//! across an await.
+//! across an await. The outbox and notification log are written outside the `core` lock, in
+//! that order (a crash between the two re-sends a notification rather than loses it).
 //!
 //! State in `dir`: `silences.json`, `nflog.json`, `outbox.json` (atomic snapshots) and
 //! `history.jsonl` (append-only, compacted). Alerts themselves are not persisted: senders
@@ -239,22 +240,25 @@ impl Manager {
         loop {
             let now = now_ms();
             let mut fx = Effects::default();
-            let next = {
+            let (next, nflog_snapshot) = {
                 let mut core = lock(&self.inner.core);
                 let next = core.flush(now, &mut fx);
-                // Outbox first, then the log: a crash in between re-sends rather than loses.
-                let superseded = self.inner.outbox.put(&fx.notifications);
-                core.nflog.save();
-                for old in superseded {
-                    fx.history.push(notify::history_entry(
-                        &old,
-                        "superseded",
-                        "a newer notification for the same group replaced it".into(),
-                        now,
-                    ));
-                }
-                next
+                (next, core.nflog.take_snapshot())
             };
+            // Outbox first, then the log: a crash in between re-sends rather than loses. Both
+            // are written outside the core lock, so senders of alerts never wait on an fsync.
+            let superseded = self.inner.outbox.put(&fx.notifications);
+            if let Some((path, bytes)) = nflog_snapshot {
+                nflog::write_snapshot(&path, &bytes);
+            }
+            for old in superseded {
+                fx.history.push(notify::history_entry(
+                    &old,
+                    "superseded",
+                    "a newer notification for the same group replaced it".into(),
+                    now,
+                ));
+            }
             let notifications = std::mem::take(&mut fx.notifications);
             self.record(fx.history);
             for n in notifications {

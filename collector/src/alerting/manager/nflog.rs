@@ -121,13 +121,20 @@ impl NotificationLog {
 
     /// Writes the snapshot if anything changed since the last save.
     pub fn save(&mut self) {
-        if !self.dirty {
-            return;
+        if let Some((path, bytes)) = self.take_snapshot() {
+            write_snapshot(&path, &bytes);
         }
-        let Some(path) = &self.path else {
-            self.dirty = false;
-            return;
-        };
+    }
+
+    /// The snapshot to write if anything changed since the last one, so the caller can write
+    /// it without holding the lock that guards the log (writes must stay in order: only the
+    /// dispatcher takes snapshots).
+    pub fn take_snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        let path = self.path.clone()?;
         let records: Vec<Record> = self
             .entries
             .iter()
@@ -137,12 +144,19 @@ impl NotificationLog {
             })
             .collect();
         match serde_json::to_vec(&records) {
-            Ok(bytes) => match persist::write_atomic(path, &bytes) {
-                Ok(()) => self.dirty = false,
-                Err(e) => tracing::error!("cannot save notification log {}: {e}", path.display()),
-            },
-            Err(e) => tracing::error!("cannot encode notification log: {e}"),
+            Ok(bytes) => Some((path, bytes)),
+            Err(e) => {
+                tracing::error!("cannot encode notification log: {e}");
+                None
+            }
         }
+    }
+}
+
+/// Writes a snapshot from [`NotificationLog::take_snapshot`].
+pub fn write_snapshot(path: &std::path::Path, bytes: &[u8]) {
+    if let Err(e) = persist::write_atomic(path, bytes) {
+        tracing::error!("cannot save notification log {}: {e}", path.display());
     }
 }
 
