@@ -24,6 +24,8 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerting::evaluate::RecordSink;
+use crate::alerting::service::Service;
 use crate::config::Config;
 use crate::events::Events;
 use crate::ingest::auth::{Auth, Denied, Principal, Scope};
@@ -56,6 +58,8 @@ pub struct AppState {
     pub forwarder: Option<AlertingForwarder>,
     /// Metric families' types, for `/api/v1/metadata`.
     pub metadata: Arc<crate::query::metadata::Metadata>,
+    /// The alerting loop, with `--rules-dir` or `--alert-config`.
+    pub alerting: Option<Service>,
     ready: AtomicBool,
 }
 
@@ -74,6 +78,27 @@ pub enum RunError {
     Sink(crate::sinks::remote_write::SinkError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot start the alerting loop: {0}")]
+    Alerting(#[from] crate::alerting::service::ServiceError),
+}
+
+/// Recording rules' results go through the normal route.
+struct RouteRecords(Router);
+
+impl RecordSink for RouteRecords {
+    fn record<'a>(
+        &'a self,
+        tenant: &'a str,
+        batch: sonde_common::wire::Batch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0
+                .route(tenant, &batch, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Runs the collector on `listener` until `shutdown` is cancelled, then drains and returns.
@@ -137,6 +162,18 @@ pub async fn run(
     if let Some(f) = &forwarder {
         router = router.with_tap(Arc::new(f.clone()));
     }
+    // Recording rules write through the route as it is now (store and sinks, not the fast path).
+    let alerting = Service::start(
+        &config.alerting,
+        &config.query,
+        &config.data_dir,
+        &store,
+        Arc::new(RouteRecords(router.clone())),
+    )
+    .await?;
+    if let Some(fp) = alerting.as_ref().and_then(|a| a.fastpath.clone()) {
+        router = router.with_tap(fp);
+    }
     let state = Arc::new(AppState {
         auth,
         dedup: Dedup::new(config.ingest.dedup_batches),
@@ -147,6 +184,7 @@ pub async fn run(
         router,
         forwarder,
         metadata,
+        alerting,
         store,
         events: Events::default(),
         ready: AtomicBool::new(true),
@@ -157,6 +195,9 @@ pub async fn run(
 
     if state.auth.enabled() {
         tokio::spawn(reload_tokens(state.clone(), shutdown.clone()));
+    }
+    if state.alerting.is_some() {
+        tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
     }
     // The senders stop only after the HTTP side has drained (below), then drain their queues.
     let sinks_stop = CancellationToken::new();
@@ -230,10 +271,147 @@ pub async fn run(
     for sender in senders {
         let _ = sender.await;
     }
+    if let Some(a) = &state.alerting {
+        a.stop().await;
+    }
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.close()).await?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// `/api/v1/rules` and `/api/v1/alerts` in Prometheus's shapes, for the principal's tenant;
+/// empty lists when no rules run.
+fn alerting_api(
+    state: &AppState,
+    principal: &Principal,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let evaluator = state.alerting.as_ref().and_then(|a| a.evaluator.as_ref());
+    let data = if req.uri().path() == "/api/v1/alerts" {
+        match evaluator {
+            Some(ev) => ev.alerts_json(&principal.tenant),
+            None => serde_json::json!({"alerts": []}),
+        }
+    } else {
+        let params =
+            crate::query::params::Params::parse(&[req.uri().query().unwrap_or("").as_bytes()]);
+        let own = |name: &str| params.all(name).into_iter().map(str::to_owned).collect();
+        let filter = crate::alerting::evaluate::RulesFilter {
+            kind: params
+                .get("type")
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+            rule_names: own("rule_name[]"),
+            group_names: own("rule_group[]"),
+            files: own("file[]"),
+            exclude_alerts: params.get("exclude_alerts") == Some("true"),
+        };
+        if let Some(k) = &filter.kind
+            && k != "alert"
+            && k != "record"
+        {
+            return query::error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("unsupported type {k:?}: alert or record"),
+            );
+        }
+        match evaluator {
+            Some(ev) => ev.rules_json(&principal.tenant, &filter),
+            None => serde_json::json!({"groups": []}),
+        }
+    };
+    let body = serde_json::json!({"status": "success", "data": data}).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `POST /api/v1/alerting/samples`: a fleet collector's forwarded samples, for the fast path
+/// only (they are already stored where they belong).
+async fn fast_path_samples(
+    state: &AppState,
+    principal: &Principal,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(fp) = state.alerting.as_ref().and_then(|a| a.fastpath.as_ref()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no rules run here: start this collector with --rules-dir\n",
+        );
+    };
+    let cfg = &state.config.ingest;
+    let (parts, body) = req.into_parts();
+    let decoded = async {
+        let c = ingest::decode::check_headers(&parts.headers)?;
+        let bytes =
+            ingest::decode::read_body(body, &parts.headers, cfg.wire.max_encoded_bytes).await?;
+        let batch = ingest::decode::decode_batch(&bytes, c, &cfg.wire)?;
+        batch.validate(&cfg.limits).map_err(IngestError::from)?;
+        Ok::<_, IngestError>(batch)
+    }
+    .await;
+    match decoded {
+        Ok(batch) => {
+            fp.offer(&principal.tenant, &batch);
+            text(StatusCode::OK, "")
+        }
+        Err(e) => text(e.status(), format!("{e}\n")),
+    }
+}
+
+/// `GET /api/v1/alerting/selectors`: what the fast path wants forwarded, by tenant (every
+/// tenant's for an admin token, else the token's own).
+fn fast_path_selectors(state: &AppState, principal: &Principal) -> Response<Body> {
+    let mut data = serde_json::Map::new();
+    if let Some(fp) = state.alerting.as_ref().and_then(|a| a.fastpath.as_ref())
+        && let Some(rules) = state.alerting.as_ref().and_then(|a| a.rules.as_ref())
+    {
+        let mut tenants: Vec<String> = rules
+            .current()
+            .groups
+            .iter()
+            .map(|g| g.tenant.clone())
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        for t in tenants {
+            if principal.has(Scope::Admin) || t == principal.tenant {
+                let sel = fp.selectors(&t);
+                if !sel.is_empty() {
+                    data.insert(t, serde_json::json!(sel));
+                }
+            }
+        }
+    }
+    let body = serde_json::json!({"status": "success", "data": data}).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Reloads the rules and the alert manager configuration on SIGHUP.
+async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload with POST /-/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP received: reloading rules and alert manager configuration");
+        if let Some(a) = &state.alerting
+            && let Err(e) = a.reload().await
+        {
+            tracing::error!(error = %e, "reload refused; the previous configuration keeps running");
+        }
+    }
 }
 
 /// The scope a request needs; `None` for the probes, which are always open.
@@ -356,6 +534,9 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             if let Some(f) = &state.forwarder {
                 f.render_metrics(&mut e);
             }
+            if let Some(a) = &state.alerting {
+                a.render_metrics(&mut e);
+            }
             body.push_str(&e.finish());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
@@ -363,6 +544,31 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             resp
+        }
+        (_, "/api/v1/rules" | "/api/v1/alerts") => alerting_api(&state, &principal, &req),
+        (&Method::POST, "/api/v1/alerting/samples") => {
+            fast_path_samples(&state, &principal, req).await
+        }
+        (&Method::GET, "/api/v1/alerting/selectors") => fast_path_selectors(&state, &principal),
+        (&Method::POST, "/-/reload") => match &state.alerting {
+            Some(a) => match a.reload().await {
+                Ok(()) => text(StatusCode::OK, "reloaded\n"),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("reload refused: {e}\n")),
+            },
+            None => text(
+                StatusCode::OK,
+                "nothing to reload: no --rules-dir or --alert-config\n",
+            ),
+        },
+        (_, p) if p.starts_with("/api/v2/") || p == "/api/v1/alerting/history" => {
+            match &state.alerting {
+                Some(a) => crate::alerting::manager::api::handle(&a.manager, &principal, req).await,
+                None => query::error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "the alert manager is not running: start the collector with --alert-config or --rules-dir",
+                ),
+            }
         }
         (_, p) if p.starts_with("/api/v1/") => query::handle(&state, &principal, req).await,
         (&Method::GET, "/") => {

@@ -333,6 +333,12 @@ impl FastPath {
     }
 }
 
+impl crate::route::SampleTap for FastPath {
+    fn offer(&self, tenant: &str, batch: &Batch) {
+        FastPath::offer(self, tenant, batch);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod fastpath;
 pub mod manager;
 pub mod replay;
 pub mod rules;
+pub mod service;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

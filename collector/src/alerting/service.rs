@@ -52,8 +52,7 @@ pub struct Service {
     pub manager: Manager,
     alert_config: Option<PathBuf>,
     config_reloads: Arc<ConfigReloads>,
-    evaluation: Option<JoinHandle<()>>,
-    watchers: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop_evaluation: CancellationToken,
     stop_manager: CancellationToken,
 }
@@ -93,7 +92,7 @@ impl Service {
         };
         let stop_evaluation = CancellationToken::new();
         let mut watchers = Vec::new();
-        let (mut rules, mut evaluator, mut fastpath, mut evaluation) = (None, None, None, None);
+        let (mut rules, mut evaluator, mut fastpath) = (None, None, None);
         if let Some(rules_dir) = &cfg.rules_dir {
             let store_rules = {
                 let d = rules_dir.clone();
@@ -129,7 +128,7 @@ impl Service {
                 opts,
             );
             fastpath = Some(Arc::new(FastPath::new(&ev)));
-            evaluation = Some(ev.start(stop_evaluation.clone()));
+            watchers.push(ev.start(stop_evaluation.clone()));
             watchers.push(store_rules.watch(WATCH_INTERVAL, stop_evaluation.clone()));
             let set = store_rules.current();
             tracing::info!(
@@ -159,8 +158,7 @@ impl Service {
             manager,
             alert_config: cfg.alert_config.clone(),
             config_reloads,
-            evaluation,
-            watchers,
+            tasks: std::sync::Mutex::new(watchers),
             stop_evaluation,
             stop_manager,
         }))
@@ -215,13 +213,14 @@ impl Service {
     }
 
     /// Stops evaluation (saving its state), then the manager (flushing its files).
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.stop_evaluation.cancel();
-        if let Some(h) = self.evaluation {
-            let _ = h.await;
-        }
-        for w in self.watchers {
-            let _ = w.await;
+        let tasks = match self.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for t in tasks {
+            let _ = t.await;
         }
         self.stop_manager.cancel();
         self.manager.stopped().await;
@@ -234,10 +233,11 @@ async fn reload_alert_config(
     reloads: &ConfigReloads,
 ) -> Result<(), String> {
     let p = path.to_path_buf();
-    let loaded: Result<AlertManagerConfig, String> =
-        tokio::task::spawn_blocking(move || super::manager::config::load(&p).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+    let loaded: Result<AlertManagerConfig, String> = tokio::task::spawn_blocking(move || {
+        super::manager::config::load(&p).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
     match loaded {
         Ok(cfg) => {
             manager.reload(Some(cfg));
