@@ -60,9 +60,6 @@ CLUSTER_SCOPED = {
 FUTURE_ENV = {
     "agent": {},
     "collector": {
-        "SONDE_RULES_DIR": "--rules-dir",
-        "SONDE_QUERY_URL": "--query-url",
-        "SONDE_ALERT_CONFIG": "--alert-config",
         "SONDE_SCRAPE_CONFIG": "--scrape-config",
     },
 }

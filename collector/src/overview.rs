@@ -1,5 +1,6 @@
-//! `GET /`: a small self-refreshing HTML page listing every series the store holds with its
-//! latest value, so a newcomer sees their host's metrics without setting up Grafana.
+//! `GET /`: a small self-refreshing HTML page listing the active alerts and every series the
+//! store holds with its latest value, so a newcomer sees their host's metrics and alerts
+//! without setting up Grafana.
 
 use sonde_common::telemetry::format_value;
 use std::fmt::Write as _;
@@ -17,7 +18,13 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render(store: &Reader<'_>, now_ms: i64, lookback_ms: i64) -> String {
+/// `alerts`: the `data` of `/api/v1/alerts` (`None` when no rules run).
+pub fn render(
+    store: &Reader<'_>,
+    now_ms: i64,
+    lookback_ms: i64,
+    alerts: Option<&serde_json::Value>,
+) -> String {
     let selector = Selector {
         matchers: vec![Matcher::regex("__name__", ".+").expect("static regex is valid")],
         offset_ms: 0,
@@ -38,6 +45,37 @@ pub fn render(store: &Reader<'_>, now_ms: i64, lookback_ms: i64) -> String {
          Query API: <code>/api/v1/query?query=node_load1</code>; self-metrics: <a href=\"/metrics\">/metrics</a>.</p>",
         stats.series, stats.samples_in_head
     );
+    if let Some(alerts) = alerts {
+        let list = alerts["alerts"].as_array().cloned().unwrap_or_default();
+        let _ = write!(
+            html,
+            "<h2>Alerts</h2><p>{} active (<a href=\"/api/v1/alerts\">/api/v1/alerts</a>, rules: <a href=\"/api/v1/rules\">/api/v1/rules</a>, alert manager: <a href=\"/api/v2/alerts\">/api/v2/alerts</a>).</p>",
+            list.len()
+        );
+        if !list.is_empty() {
+            html.push_str(
+                "<table><tr><th>state</th><th>alert</th><th>since</th><th>summary</th></tr>",
+            );
+            for a in &list {
+                let labels: Vec<String> = a["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
+                    .collect();
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(a["state"].as_str().unwrap_or("")),
+                    escape(&format!("{{{}}}", labels.join(", "))),
+                    escape(a["activeAt"].as_str().unwrap_or("")),
+                    escape(a["annotations"]["summary"].as_str().unwrap_or("")),
+                );
+            }
+            html.push_str("</table>");
+        }
+        html.push_str("<h2>Series</h2>");
+    }
     html.push_str("<table><tr><th>series</th><th>value</th></tr>");
     for sp in result.iter().take(MAX_ROWS) {
         let value = sp

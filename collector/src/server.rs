@@ -577,7 +577,17 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 store: &state.store,
                 tenant: &principal.tenant,
             };
-            let page = crate::overview::render(&reader, sonde_common::model::now_ms(), lookback);
+            let alerts = state
+                .alerting
+                .as_ref()
+                .and_then(|a| a.evaluator.as_ref())
+                .map(|ev| ev.alerts_json(&principal.tenant));
+            let page = crate::overview::render(
+                &reader,
+                sonde_common::model::now_ms(),
+                lookback,
+                alerts.as_ref(),
+            );
             let mut resp = Response::new(Full::new(Bytes::from(page)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

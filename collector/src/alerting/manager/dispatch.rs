@@ -380,6 +380,7 @@ impl Core {
                     key: &g.key,
                     labels: &g.labels,
                     forward_ttl_ms: g.group_interval_ms.saturating_mul(4).max(300_000),
+                    repeat_ms: repeat,
                 };
                 if let Some(n) = notify::build(&info, integ, &members, now_ms, &self.external_url) {
                     fx.notifications.push(n);

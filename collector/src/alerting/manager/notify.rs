@@ -61,17 +61,21 @@ pub struct Member<'a> {
     pub timeout: bool,
 }
 
-/// The idempotency key: a hash of the receiver, the group key and the firing and resolved
-/// sets. The same notification gets the same key on every retry and after a restart.
+/// The idempotency key: a hash of the receiver, the group key, the firing and resolved sets and
+/// the repeat period the notification was made in. The same notification keeps its key on every
+/// retry and after a restart (the outbox stores it), several alerting instances notifying the
+/// same change give the same key, and a repeat after `repeat_interval` gets a new one.
 pub fn idempotency_key(
     receiver: &str,
     group_key: &str,
     firing: &BTreeSet<u64>,
     resolved: &BTreeSet<u64>,
+    repeat_period: i64,
 ) -> String {
     let mut h = Fnv::default();
     h.field(receiver);
     h.field(group_key);
+    h.write(&repeat_period.to_be_bytes());
     h.field("firing");
     for fp in firing {
         h.write(&fp.to_be_bytes());
@@ -104,6 +108,9 @@ pub struct GroupInfo<'a> {
     /// For forwarding to an Alertmanager: how long a forwarded firing alert lasts there unless
     /// forwarded again.
     pub forward_ttl_ms: i64,
+    /// The repeat interval: a repeat of unchanged alerts falls in the next period of it, and
+    /// so gets a new idempotency key.
+    pub repeat_ms: i64,
 }
 
 /// Builds the notification of `members` (firing first) for one integration; `None` when
@@ -133,7 +140,13 @@ pub fn build(
         .filter(|m| !m.alert.is_firing(now_ms))
         .map(|m| m.fp)
         .collect();
-    let key = idempotency_key(g.receiver, g.key, &firing, &resolved);
+    let key = idempotency_key(
+        g.receiver,
+        g.key,
+        &firing,
+        &resolved,
+        now_ms.div_euclid(g.repeat_ms.max(1)),
+    );
     let status = if firing.is_empty() {
         "resolved"
     } else {
@@ -433,6 +446,7 @@ mod tests {
             key: "{}:{alertname=\"Down\"}",
             labels: &labels,
             forward_ttl_ms: 0,
+            repeat_ms: 3_600_000,
         };
         let members = [
             Member {
@@ -482,16 +496,21 @@ mod tests {
     fn idempotency_keys_are_stable_and_set_sensitive() {
         let f: BTreeSet<u64> = [1, 2].into();
         let r: BTreeSet<u64> = [3].into();
-        let k = idempotency_key("hook", "{}:{}", &f, &r);
-        assert_eq!(k, idempotency_key("hook", "{}:{}", &f.clone(), &r.clone()));
+        let k = idempotency_key("hook", "{}:{}", &f, &r, 7);
+        assert_eq!(
+            k,
+            idempotency_key("hook", "{}:{}", &f.clone(), &r.clone(), 7)
+        );
         // Pinned: the key must not change between versions, or restarts would re-deliver.
         assert_eq!(
             k,
-            idempotency_key("hook", "{}:{}", &[2, 1].into(), &[3].into())
+            idempotency_key("hook", "{}:{}", &[2, 1].into(), &[3].into(), 7)
         );
-        assert_ne!(k, idempotency_key("hook", "{}:{}", &r, &f));
-        assert_ne!(k, idempotency_key("other", "{}:{}", &f, &r));
-        assert_ne!(k, idempotency_key("hook", "{}:{x=\"1\"}", &f, &r));
+        assert_ne!(k, idempotency_key("hook", "{}:{}", &r, &f, 7));
+        assert_ne!(k, idempotency_key("other", "{}:{}", &f, &r, 7));
+        assert_ne!(k, idempotency_key("hook", "{}:{x=\"1\"}", &f, &r, 7));
+        // A repeat in the next repeat period is a new notification: a new key.
+        assert_ne!(k, idempotency_key("hook", "{}:{}", &f, &r, 8));
         assert_eq!(k.len(), 16);
     }
 
