@@ -22,7 +22,7 @@
 //! zone labels, 10 minutes at a 10 s interval) pushed to both stores; then [`RULE_GROUPS`]
 //! groups of [`RULES_PER_GROUP`] alerting rules (selector thresholds, `avg_over_time`, and a
 //! `max by (zone)`; each over all 10,000 series, each firing for about ten of them) evaluated
-//! every second for [`THROUGHPUT_WINDOW`]. Reported: rule evaluations completed (group
+//! every second for `--duration` (30 s by default). Reported: rule evaluations completed (group
 //! iterations times rules per group, from each side's self-metrics) per CPU second of the
 //! processes involved: Sonde's collector (store, queries and rules in one process) against
 //! VictoriaMetrics plus vmalert.
@@ -56,7 +56,6 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 const LOAD_SERIES: usize = 10_000;
 pub const RULE_GROUPS: usize = 4;
 pub const RULES_PER_GROUP: usize = 10;
-const THROUGHPUT_WINDOW: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const LATENCY_RULES: &str = r#"groups:
@@ -518,14 +517,25 @@ pub async fn run(args: &ScenarioArgs) -> anyhow::Result<(Vec<Report>, serde_json
     )
     .await;
     let (va, _) = vmalert(tdir.path(), &rules, vm.port, &notifier).await?;
+    let window = sonde_common::duration::parse_duration(&args.duration)
+        .map_err(anyhow::Error::msg)?
+        .max(Duration::from_secs(5));
     let sonde_t = throughput(
         &http,
         &[&so],
         so.port,
         "sonde_collector_rule_group_iterations_total",
+        window,
     )
     .await?;
-    let vm_t = throughput(&http, &[&vm, &va], va.port, "vmalert_iteration_total").await?;
+    let vm_t = throughput(
+        &http,
+        &[&vm, &va],
+        va.port,
+        "vmalert_iteration_total",
+        window,
+    )
+    .await?;
 
     let text = table(&latency, &sonde_t, &vm_t, &vmalert_flags);
     print!("{text}");
@@ -618,13 +628,14 @@ async fn load_series(http: &HttpClient, sonde: u16, vm: u16) -> anyhow::Result<(
     Ok(())
 }
 
-/// Rule evaluations per CPU second over [`THROUGHPUT_WINDOW`]: group iterations (from
+/// Rule evaluations per CPU second over `window`: group iterations (from
 /// `metric` on `metrics_port`) times rules per group, over the CPU time of `servers`.
 async fn throughput(
     http: &HttpClient,
     servers: &[&Server],
     metrics_port: u16,
     metric: &str,
+    window: Duration,
 ) -> anyhow::Result<ThroughputFigures> {
     // Let the evaluators settle into their schedule first.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -633,7 +644,7 @@ async fn throughput(
     let it0 = metric_sum(&get_text(http, &url).await?, metric);
     let cpu0 = cpu(servers);
     let t0 = Instant::now();
-    tokio::time::sleep(THROUGHPUT_WINDOW).await;
+    tokio::time::sleep(window).await;
     let it1 = metric_sum(&get_text(http, &url).await?, metric);
     let cpu1 = cpu(servers);
     let window = t0.elapsed().as_secs_f64();

@@ -184,3 +184,57 @@ fn storage_backfills_both_stores_and_measures_them_side_by_side() {
     assert!(out.path().join("storage.txt").exists());
     assert_eq!(v["lost"], 0);
 }
+
+#[test]
+fn alerting_measures_notification_latency_and_rule_throughput_against_vmalert() {
+    if !std::path::Path::new("/usr/bin/vmalert").exists() {
+        eprintln!("skipped: /usr/bin/vmalert is absent (apt-get install victoria-metrics)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_sonde-loadtest"))
+        .args([
+            "scenario",
+            "alerting",
+            "--duration",
+            "5s",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scenario alerting failed: {status}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let latency = &v["summary"]["latency"];
+    for system in ["sonde", "vmalert"] {
+        for rule in ["FastThreshold", "QueryThreshold"] {
+            for kind in ["existing", "new"] {
+                let f = &latency[format!("{system}/{rule}/{kind}")];
+                assert_eq!(f["notified"], f["rounds"], "{system}/{rule}/{kind}: {f}");
+                assert!(f["median_ms"].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+    // The fast path notifies well within half a second, new series included; query-based
+    // rules within one evaluation interval (1 s) plus a second.
+    for kind in ["existing", "new"] {
+        let fast = latency[format!("sonde/FastThreshold/{kind}")]["median_ms"]
+            .as_f64()
+            .unwrap();
+        assert!(fast < 500.0, "fast path {kind}: {fast} ms");
+        let query = latency[format!("sonde/QueryThreshold/{kind}")]["median_ms"]
+            .as_f64()
+            .unwrap();
+        assert!(query < 2000.0, "query-based {kind}: {query} ms");
+    }
+    for side in ["sonde", "vmalert_victoriametrics"] {
+        let t = &v["summary"]["throughput"][side];
+        assert!(t["evaluations"].as_f64().unwrap() > 0.0, "{side}: {t}");
+        assert!(t["cpu_seconds"].as_f64().unwrap() > 0.0, "{side}: {t}");
+    }
+    assert!(out.path().join("alerting.txt").exists());
+}
