@@ -16,7 +16,8 @@
 //! [`ROUNDS`] existing hosts to both stores every second. A round pushes 99 for one host to
 //! both stores at the same moment, then keeps pushing 99 for it; the latency is from the push
 //! to the receiver's first firing notification for that host and rule. Rounds alternate
-//! between an existing host and a brand-new one (a series neither store has seen).
+//! between an existing host and a brand-new one (a series neither store has seen), 1 to 2 s
+//! apart at random, so they meet the evaluators' schedules at every phase.
 //!
 //! **Rule evaluation throughput.** Fresh processes; 10,000 series of `bench_load` (host and
 //! zone labels, 10 minutes at a 10 s interval) pushed to both stores; then [`RULE_GROUPS`]
@@ -48,8 +49,9 @@ use crate::scenario::ScenarioArgs;
 
 /// Latency rounds: half on existing series, half on new ones.
 pub const ROUNDS: usize = 20;
-/// Time between rounds.
-const ROUND_SPACING: Duration = Duration::from_millis(1500);
+/// Time between rounds, plus a random part of up to a second, so rounds fall at every phase
+/// of the evaluators' 1 s schedule rather than at one.
+const ROUND_SPACING: Duration = Duration::from_millis(1000);
 /// Longest wait for a notification after the last round.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Series of the throughput phase.
@@ -462,7 +464,7 @@ pub async fn run(args: &ScenarioArgs) -> anyhow::Result<(Vec<Report>, serde_json
             h.insert(host.clone());
         }
         started.push((host, kind, t0));
-        tokio::time::sleep(ROUND_SPACING).await;
+        tokio::time::sleep(ROUND_SPACING + Duration::from_millis(fastrand::u64(0..1000))).await;
     }
     let deadline = Instant::now() + NOTIFY_TIMEOUT;
     loop {
