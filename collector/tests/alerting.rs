@@ -678,3 +678,65 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
+
+/// Runs Alertmanager's own command-line client against the collector.
+fn amtool(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("amtool")
+        .arg(format!("--alertmanager.url=http://127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .expect("amtool (apt-get install prometheus-alertmanager)");
+    assert!(
+        out.status.success(),
+        "amtool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn amtool_lists_alerts_and_manages_silences() {
+    let hook = Webhook::start(0);
+    let alerting = Alerting::start(RULES, &alert_config(&hook.url(), "100ms"), &[]);
+    push_gauges(
+        alerting.port,
+        None,
+        "app_temperature_celsius",
+        &[vec![("host", "a")]],
+        99.0,
+    );
+    wait_until(Duration::from_secs(20), "amtool lists the alert", || {
+        amtool(alerting.port, &["alert", "query"]).contains("TooHot")
+    });
+    let id = amtool(
+        alerting.port,
+        &[
+            "silence",
+            "add",
+            "alertname=TooHot",
+            "--comment=maintenance",
+            "--author=test",
+            "--duration=1h",
+        ],
+    )
+    .trim()
+    .to_owned();
+    assert!(!id.is_empty());
+    let silences = amtool(alerting.port, &["silence", "query"]);
+    assert!(
+        silences.contains(&id) && silences.contains("maintenance"),
+        "{silences}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the alert shows as suppressed",
+        || {
+            let out = amtool(alerting.port, &["alert", "query", "--silenced"]);
+            out.contains("TooHot") && out.contains("suppressed")
+        },
+    );
+    amtool(alerting.port, &["silence", "expire", &id]);
+    assert!(!amtool(alerting.port, &["silence", "query"]).contains(&id));
+    let routes = amtool(alerting.port, &["config", "routes"]);
+    assert!(routes.contains("receiver: hook"), "{routes}");
+}
