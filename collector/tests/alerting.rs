@@ -361,8 +361,8 @@ groups:
 fn a_silence_mutes_the_alert_and_expiring_it_lets_the_notification_through() {
     let hook = Webhook::start(0);
     let alerting = Alerting::start(RULES, &alert_config(&hook.url(), "100ms"), &[]);
-    let now = chrono_like(now_ms());
-    let later = chrono_like(now_ms() + 3_600_000);
+    let now = sonde_common::time::format_rfc3339_ms(now_ms());
+    let later = sonde_common::time::format_rfc3339_ms(now_ms() + 3_600_000);
     let silence = json!({
         "matchers": [{"name": "alertname", "value": "TooHot", "isRegex": false, "isEqual": true}],
         "startsAt": now,
@@ -524,8 +524,8 @@ fn the_alerting_api_refuses_missing_tokens_wrong_scopes_and_other_tenants() {
     // Silences need the admin scope, and only touch their own tenant.
     let silence = json!({
         "matchers": [{"name": "alertname", "value": "TooHot", "isRegex": false}],
-        "startsAt": chrono_like(now_ms()),
-        "endsAt": chrono_like(now_ms() + 60_000),
+        "startsAt": sonde_common::time::format_rfc3339_ms(now_ms()),
+        "endsAt": sonde_common::time::format_rfc3339_ms(now_ms() + 60_000),
         "createdBy": "test",
         "comment": "c",
     })
@@ -648,35 +648,6 @@ fn a_fleet_collector_forwards_threshold_samples_to_the_alerting_instance() {
         hook.accepted()[0].body["alerts"][0]["labels"]["host"],
         "brand-new"
     );
-}
-
-/// RFC 3339 in UTC for a millisecond timestamp.
-fn chrono_like(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Runs Alertmanager's own command-line client against the collector.

@@ -8,6 +8,7 @@
 //! - [`telemetry`]: self-metric primitives and their text rendering.
 //! - [`duration`]: Prometheus-style durations for flags and config.
 //! - [`exposition`]: the Prometheus text and OpenMetrics parser (scrapes, pushed text).
+//! - [`time`]: RFC 3339 timestamps to and from milliseconds.
 
 pub mod duration;
 pub mod exposition;
@@ -15,4 +16,5 @@ pub mod model;
 pub mod remote_write;
 pub mod retry;
 pub mod telemetry;
+pub mod time;
 pub mod wire;

@@ -198,28 +198,9 @@ fn firing(a: &serde_json::Value) -> bool {
     }
     match a["endsAt"].as_str() {
         None | Some("") | Some("0001-01-01T00:00:00Z") => true,
-        Some(t) => parse_rfc3339_ms(t).is_none_or(|end| end > sonde_common::model::now_ms()),
+        Some(t) => sonde_common::time::parse_rfc3339_ms(t)
+            .map_or(true, |end| end > sonde_common::model::now_ms()),
     }
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC time (`...Z`), fractions allowed.
-fn parse_rfc3339_ms(t: &str) -> Option<i64> {
-    let t = t.strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut h = hms.split(':').map(|x| x.parse::<i64>());
-    let (hh, mm, ss) = (h.next()?.ok()?, h.next()?.ok()?, h.next()?.ok()?);
-    let ms: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
 }
 
 /// One gauge sample to push now: name, labels, value.
@@ -718,16 +699,6 @@ fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_parses_to_epoch_milliseconds() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-25T12:00:00.250Z"),
-            Some(1_795_608_000_250)
-        );
-        assert_eq!(parse_rfc3339_ms("garbage"), None);
-    }
 
     #[test]
     fn firing_follows_status_or_end_time() {

@@ -19,40 +19,13 @@ pub struct RulesFilter {
     pub exclude_alerts: bool,
 }
 
-fn days_to_civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// RFC 3339 in UTC with milliseconds when non-zero; 0 is Go's zero time, as Prometheus shows
 /// a never-evaluated rule.
 pub fn rfc3339(t_ms: i64) -> String {
     if t_ms == 0 {
         return "0001-01-01T00:00:00Z".into();
     }
-    let secs = t_ms.div_euclid(1000);
-    let milli = t_ms.rem_euclid(1000);
-    let (y, m, d) = days_to_civil(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    let base = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    );
-    if milli == 0 {
-        format!("{base}Z")
-    } else {
-        format!("{base}.{milli:03}Z")
-    }
+    sonde_common::time::format_rfc3339_ms(t_ms)
 }
 
 fn alert_json(a: &ActiveAlert) -> Value {
