@@ -40,12 +40,7 @@ mod tests {
     use super::*;
     use crate::alerting::manager::matchers::parse_list;
 
-    fn labels(pairs: &[(&str, &str)]) -> LabelMap {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alerting::label_map as labels;
 
     #[test]
     fn critical_mutes_warning_of_the_same_cluster_only() {

@@ -194,12 +194,7 @@ fn quoted(s: &str) -> Result<(String, &str), String> {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> LabelMap {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alerting::label_map as labels;
 
     #[test]
     fn parses_every_operator_quoted_and_unquoted() {

@@ -59,12 +59,7 @@ mod tests {
     use super::*;
     use crate::alerting::manager::config::parse;
 
-    fn labels(pairs: &[(&str, &str)]) -> LabelMap {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alerting::label_map as labels;
 
     const TREE: &str = r#"
 route:

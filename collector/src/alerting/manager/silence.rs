@@ -335,12 +335,7 @@ mod tests {
         }
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> LabelMap {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alerting::label_map as labels;
 
     #[test]
     fn silences_mute_while_active_and_per_tenant() {
