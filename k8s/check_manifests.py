@@ -59,9 +59,7 @@ CLUSTER_SCOPED = {
 # variables of flags it has), so they can be set now without the binary rejecting anything.
 FUTURE_ENV = {
     "agent": {},
-    "collector": {
-        "SONDE_SCRAPE_CONFIG": "--scrape-config",
-    },
+    "collector": {},
 }
 
 # Used when the Rust sources are not beside this file (k8s/ copied elsewhere). Generated from

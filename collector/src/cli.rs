@@ -197,6 +197,31 @@ pub struct Cli {
     #[arg(long, env = "SONDE_EXTERNAL_URL")]
     pub external_url: Option<String>,
 
+    /// Prometheus `scrape_configs` file (the supported subset) of targets this collector pulls
+    /// from; scraped samples take the same route as pushed ones. Reloaded when it changes.
+    #[arg(long, env = "SONDE_SCRAPE_CONFIG")]
+    pub scrape_config: Option<PathBuf>,
+
+    /// How many collectors of the pool scrape each target (1: exactly one; 2: two, for
+    /// redundancy, de-duplicated downstream).
+    #[arg(long, env = "SONDE_SCRAPE_REPLICAS", default_value_t = 1)]
+    pub scrape_replicas: usize,
+
+    /// etcd endpoints (http://host:2379, repeatable): the collector pool registers and finds
+    /// its members there, and `etcd_sd_configs` default to them.
+    #[arg(long = "etcd", env = "SONDE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// The collector pool as a static list of member URLs, this one included (instead of
+    /// etcd), e.g. the pods of a Kubernetes headless Service.
+    #[arg(long = "pool-peer", env = "SONDE_POOL_PEERS", value_delimiter = ',')]
+    pub pool_peers: Vec<String>,
+
+    /// This collector's URL as the other members of the pool know it (default:
+    /// http://<--listen>).
+    #[arg(long, env = "SONDE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_collector=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

@@ -70,6 +70,21 @@ pub struct AlertingConfig {
     pub external_url: String,
 }
 
+/// The pull model: scrape jobs and the collector pool that shares them out.
+#[derive(Clone, Debug)]
+pub struct ScrapeSettings {
+    /// `scrape_configs` file; `None`: nothing is scraped.
+    pub config_file: Option<PathBuf>,
+    /// Collectors per target (>= 1).
+    pub replicas: usize,
+    /// etcd endpoints for pool membership and etcd discovery.
+    pub etcd: Vec<hyper::Uri>,
+    /// Static pool members (URLs), this collector included.
+    pub peers: Vec<String>,
+    /// This collector's URL as pool members know it.
+    pub advertise_url: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -85,6 +100,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub query: QueryConfig,
     pub alerting: AlertingConfig,
+    pub scrape: ScrapeSettings,
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -227,6 +243,26 @@ impl TryFrom<Cli> for Config {
                 max_series: positive("query-max-series", cli.query_max_series)?,
                 max_samples: positive("query-max-samples", cli.query_max_samples)?,
                 timeout: duration("query-timeout", &cli.query_timeout)?,
+            },
+            scrape: ScrapeSettings {
+                config_file: cli.scrape_config.clone(),
+                replicas: positive("scrape-replicas", cli.scrape_replicas)?,
+                etcd: cli
+                    .etcd
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| uri("etcd", u))
+                    .collect::<Result<_, _>>()?,
+                peers: cli
+                    .pool_peers
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .cloned()
+                    .collect(),
+                advertise_url: cli
+                    .advertise_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", cli.listen)),
             },
             alerting: AlertingConfig {
                 external_url: cli

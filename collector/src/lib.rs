@@ -14,6 +14,7 @@ pub mod overview;
 pub mod query;
 pub mod queue;
 pub mod route;
+pub mod scrape;
 pub mod server;
 pub mod sinks;
 pub mod store;

@@ -1,0 +1,2 @@
+//! Service discovery: providers that yield [`super::TargetGroup`]s and update them as
+//! endpoints come and go.
