@@ -12,6 +12,7 @@ mod generate;
 mod procs;
 mod report;
 mod scenario;
+mod scrape_bench;
 mod storage_bench;
 
 use anyhow::{Context, bail};
@@ -38,7 +39,7 @@ struct Cli {
 enum Command {
     /// Drive load at a running target and report (optionally auditing its storage).
     Run(RunArgs),
-    /// Run a ready-made scenario: baseline, peer, fleet, outage, fleet-outage, storage or alerting.
+    /// Run a ready-made scenario: baseline, peer, fleet, outage, fleet-outage, storage, alerting or scrape.
     Scenario(scenario::ScenarioArgs),
     /// Run a collector (embedded store) and an agent on this host, until Ctrl-C.
     Demo(demo::DemoArgs),

@@ -17,6 +17,9 @@
 //! - `alerting`: push-to-webhook latency (fast path and query-based rules, existing and new
 //!   series) and rule evaluations per CPU second over 10,000 series, against vmalert over
 //!   VictoriaMetrics ([`crate::alerting_bench`]).
+//! - `scrape`: a collector scraping `--hosts` targets (300 by default in the docs' command)
+//!   against vmagent scraping them into VictoriaMetrics: samples scraped and stored per CPU
+//!   second ([`crate::scrape_bench`]).
 
 use anyhow::bail;
 use serde::Serialize;
@@ -32,7 +35,7 @@ use crate::report::{self, ProcessUsage, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
-    /// baseline, peer, fleet, outage, fleet-outage, storage or alerting.
+    /// baseline, peer, fleet, outage, fleet-outage, storage, alerting or scrape.
     pub name: String,
     /// Length of each load phase.
     #[arg(long, default_value = "30s")]
@@ -228,8 +231,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
         "fleet-outage" => fleet_outage(&plan).await?,
         "storage" => crate::storage_bench::run(&plan.args, plan.interval).await?,
         "alerting" => crate::alerting_bench::run(&plan.args).await?,
+        "scrape" => crate::scrape_bench::run(&plan.args, plan.interval).await?,
         other => bail!(
-            "unknown scenario '{other}': baseline, peer, fleet, outage, fleet-outage, storage or alerting"
+            "unknown scenario '{other}': baseline, peer, fleet, outage, fleet-outage, storage, alerting or scrape"
         ),
     };
     let lost = reports.iter().map(|r| r.lost).sum();
