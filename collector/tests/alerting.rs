@@ -711,3 +711,44 @@ fn amtool_lists_alerts_and_manages_silences() {
     let routes = amtool(alerting.port, &["config", "routes"]);
     assert!(routes.contains("receiver: hook"), "{routes}");
 }
+
+#[test]
+fn recording_rules_write_through_the_ingest_route_and_are_queryable() {
+    let hook = Webhook::start(0);
+    let rules = r#"
+groups:
+  - name: recording
+    interval: 1s
+    rules:
+      - record: app:temperature_celsius:max
+        expr: max(app_temperature_celsius)
+        labels:
+          source: rule
+"#;
+    let alerting = Alerting::start(rules, &alert_config(&hook.url(), "100ms"), &[]);
+    push_gauges(
+        alerting.port,
+        None,
+        "app_temperature_celsius",
+        &[vec![("host", "a")], vec![("host", "b")]],
+        71.5,
+    );
+    let result = wait_until(Duration::from_secs(20), "the recorded series", || {
+        let data = support::query(alerting.port, "app:temperature_celsius:max", None);
+        data["result"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|r| r[0].clone())
+    });
+    assert_eq!(
+        result["metric"],
+        json!({"__name__": "app:temperature_celsius:max", "source": "rule"})
+    );
+    assert_eq!(result["value"][1], "71.5");
+    // The rule's health and last evaluation show in /api/v1/rules.
+    let (_, body) = http_get(alerting.port, "/api/v1/rules?type=record").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let rule = &v["data"]["groups"][0]["rules"][0];
+    assert_eq!(rule["type"], "recording");
+    assert_eq!(rule["health"], "ok", "{rule}");
+}
