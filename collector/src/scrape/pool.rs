@@ -44,6 +44,11 @@ impl Membership for Alone {
     }
 }
 
+/// Where collectors register as pool members in etcd.
+pub const ETCD_MEMBER_PREFIX: &str = "/sonde/collectors/";
+/// Lease TTL of a member: how long a collector that died stays in the others' lists.
+pub const ETCD_MEMBER_TTL: Duration = Duration::from_secs(5);
+
 /// A fixed pool (`--pool-peer`): the members never change.
 pub struct Static {
     me: String,

@@ -4,7 +4,7 @@
 //!
 //! Design notes:
 //! - Endpoints are tried in order: a network error or a retryable status (5xx, 429, per
-//!   [`crate::retry`]) moves on to the next one, and the last endpoint that answered is tried
+//!   [`crate::retry`]) moves on to the next one (then back to the first, once), and the last endpoint that answered is tried
 //!   first next time. Callers that loop (watch, registration) back off with
 //!   [`crate::retry::Backoff`] between rounds.
 //! - Everything etcd sends is untrusted: answers are size-limited, parsed leniently (the
@@ -147,7 +147,9 @@ impl EtcdClient {
         }
         let start = self.inner.current.load(Ordering::Relaxed) % n;
         let mut last = EtcdError::NoEndpoints;
-        for i in 0..n {
+        // One more attempt than endpoints: a pooled connection that etcd closed (a restart)
+        // fails the first request on it, and the first endpoint deserves a fresh one.
+        for i in 0..=n {
             let idx = (start + i) % n;
             let endpoint = &self.inner.endpoints[idx];
             let url = format!("{endpoint}{path}");

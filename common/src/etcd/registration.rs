@@ -170,25 +170,37 @@ async fn keep(
                     }
                     return;
                 }
+                // Calls below race the cancellation, so a stop never waits on a slow etcd
+                // before revoking.
                 _ = refresh.notified() => {
-                    if let Err(e) = client.put(&key, &value, Some(lease)).await {
+                    let put = tokio::select! {
+                        r = client.put(&key, &value, Some(lease)) => r,
+                        _ = cancel.cancelled() => continue,
+                    };
+                    if let Err(e) = put {
                         tracing::warn!(key, error = %e, "cannot put the registration again");
                     }
                 }
-                _ = ticker.tick() => match client.keepalive(lease).await {
-                    Ok(_) => failing = false,
-                    Err(EtcdError::LeaseLost(_)) => {
-                        tracing::warn!(key, "etcd lease lost; registering again");
-                        lease_tx.send_replace(None);
-                        break;
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(key, error = %e, "cannot renew the etcd lease; retrying");
+                _ = ticker.tick() => {
+                    let renewed = tokio::select! {
+                        r = client.keepalive(lease) => r,
+                        _ = cancel.cancelled() => continue,
+                    };
+                    match renewed {
+                        Ok(_) => failing = false,
+                        Err(EtcdError::LeaseLost(_)) => {
+                            tracing::warn!(key, "etcd lease lost; registering again");
+                            lease_tx.send_replace(None);
+                            break;
                         }
-                        failing = true;
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!(key, error = %e, "cannot renew the etcd lease; retrying");
+                            }
+                            failing = true;
+                        }
                     }
-                },
+                }
             }
         }
     }

@@ -11,7 +11,9 @@ pub const DEFAULT_BINARY: &str = "/usr/bin/etcd";
 
 pub struct EtcdServer {
     child: Child,
+    binary: String,
     dir: PathBuf,
+    peer_url: String,
     /// `http://127.0.0.1:<port>`
     pub url: String,
 }
@@ -39,26 +41,29 @@ impl EtcdServer {
         let peer = free_port().expect("free port");
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(&binary)
-            .arg("--name=default")
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=default={peer_url}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("etcd.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("start etcd");
-        let mut server = EtcdServer { child, dir, url };
+        let mut server = EtcdServer {
+            child: spawn(&binary, &dir, &url, &peer_url),
+            binary,
+            dir,
+            url,
+            peer_url,
+        };
         server.wait_ready();
         Some(server)
+    }
+
+    /// Kills etcd and starts it again on the same ports and data (a crash and restart).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.binary, &self.dir, &self.url, &self.peer_url);
+        self.wait_ready();
+    }
+
+    /// Kills etcd and waits for it; [`EtcdServer::restart`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Polls `/health` until etcd is up (at most 20 s).
@@ -88,6 +93,29 @@ impl EtcdServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+fn spawn(binary: &str, dir: &std::path::Path, url: &str, peer_url: &str) -> Child {
+    Command::new(binary)
+        .arg("--name=default")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("etcd.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("start etcd")
 }
 
 fn health(addr: &str) -> bool {

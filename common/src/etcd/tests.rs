@@ -305,3 +305,41 @@ async fn registration_revokes_on_stop_and_expires_when_abandoned() {
         "expired too early ({gone:?}): was it revoked?"
     );
 }
+
+#[tokio::test]
+async fn watch_resumes_after_an_etcd_restart_without_losing_events() {
+    let Some(mut etcd) = EtcdServer::start() else {
+        return;
+    };
+    let c = client(&etcd);
+    let cancel = CancellationToken::new();
+    let mut events = c.watch_prefix("/rs/", 0, cancel.clone());
+    // Let the watch be created before the first put.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.put("/rs/a", b"1", None).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&first, WatchEvent::Put(kv) if kv.key == "/rs/a"));
+    etcd.kill();
+    etcd.restart();
+    // Written while the watch was reconnecting: still delivered, in order, once.
+    c.put("/rs/b", b"2", None).await.unwrap();
+    c.put("/rs/c", b"3", None).await.unwrap();
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(WatchEvent::Put(kv))) => keys.push(kv.key),
+            other => panic!("unexpected {other:?} after {keys:?}"),
+        }
+    }
+    assert_eq!(keys, ["/rs/b", "/rs/c"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.recv())
+            .await
+            .is_err(),
+        "no event repeated"
+    );
+    cancel.cancel();
+}
