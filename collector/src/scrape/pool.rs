@@ -147,6 +147,15 @@ impl EtcdMembership {
     }
 }
 
+impl EtcdMembership {
+    /// Stops without revoking, as a crash would: the others see this member gone after the
+    /// TTL.
+    pub fn abandon(self) {
+        self.task.abort();
+        self.registration.abandon();
+    }
+}
+
 impl Membership for EtcdMembership {
     fn me(&self) -> &str {
         &self.me

@@ -60,23 +60,23 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     None
 }
 
+/// A loopback port nothing listens on.
+fn dead_uri() -> hyper::Uri {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}").parse().unwrap()
+}
+
 #[tokio::test]
 async fn put_range_delete_and_failover() {
     let Some(etcd) = EtcdServer::start() else {
         return;
     };
     // A dead endpoint first: the client moves on to the live one.
-    let dead: hyper::Uri = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    )
-    .parse()
-    .unwrap();
-    let c = EtcdClient::new(vec![dead, etcd.uri()]);
+    let c = EtcdClient::new(vec![dead_uri(), etcd.uri()]);
     let r1 = c.put("/t/a", b"1", None).await.unwrap();
     let r2 = c.put("/t/b", b"two", None).await.unwrap();
     c.put("/u/c", b"other prefix", None).await.unwrap();
@@ -93,6 +93,17 @@ async fn put_range_delete_and_failover() {
     let (kvs, _) = c.range_prefix("/t/").await.unwrap();
     assert_eq!(kvs.len(), 1);
     assert!(c.range_prefix("/nothing/").await.unwrap().0.is_empty());
+    // A watch starting on the dead endpoint moves on to the live one.
+    let cancel = CancellationToken::new();
+    let fresh = EtcdClient::new(vec![dead_uri(), etcd.uri()]);
+    let mut events = fresh.watch_prefix("/t/", 0, cancel.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.put("/t/w", b"w", None).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an event through the live endpoint");
+    assert!(matches!(ev, Some(WatchEvent::Put(kv)) if kv.key == "/t/w"));
+    cancel.cancel();
     // No endpoint answering is an error, not a hang or a panic.
     let nobody = EtcdClient::new(vec!["http://127.0.0.1:1".parse().unwrap()]);
     assert!(matches!(

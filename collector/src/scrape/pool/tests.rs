@@ -208,11 +208,26 @@ async fn etcd_members_converge_and_see_a_leaver_go() {
         started.elapsed()
     );
 
+    // One crashes: the others see it gone after its TTL.
+    let crashed = pool.remove(1);
+    let started = std::time::Instant::now();
+    crashed.abandon();
+    let mut rx = pool[0].members();
+    tokio::time::timeout(Duration::from_secs(4), rx.wait_for(|l| l.len() == 1))
+        .await
+        .expect("a crashed member leaves within TTL + 1 s")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "left too early"
+    );
+
     // Its own key deleted by hand: the member puts it back.
-    client
+    let deleted = client
         .delete(&member_key("/sonde/collectors/", urls[0]))
         .await
         .unwrap();
+    assert_eq!(deleted, 1);
     let mut back = false;
     for _ in 0..100 {
         if client
@@ -221,7 +236,7 @@ async fn etcd_members_converge_and_see_a_leaver_go() {
             .unwrap()
             .0
             .len()
-            == 2
+            == 1
         {
             back = true;
             break;
