@@ -170,6 +170,28 @@ pub struct Cli {
     #[arg(long, env = "SONDE_SCRAPE_TIMEOUT", default_value = "5s")]
     pub scrape_timeout: String,
 
+    /// etcd endpoint (http://host:port) to register this agent's /metrics endpoint with, so
+    /// collectors using etcd discovery scrape it (repeatable, or comma-separated in
+    /// SONDE_REGISTER; tried in order). Needs --http-listen. The key is removed when the agent
+    /// stops, and expires --register-ttl after it dies.
+    #[arg(long = "register", env = "SONDE_REGISTER", value_delimiter = ',')]
+    pub register: Vec<String>,
+
+    /// Key prefix of the registration: the key is <prefix><address>, the value
+    /// {"address": "<address>", "labels": {"__meta_sonde_agent_host": "<host>"}}.
+    #[arg(long, env = "SONDE_REGISTER_PREFIX", default_value = "/sonde/targets/")]
+    pub register_prefix: String,
+
+    /// host:port collectors should scrape (default: --http-listen, which must then not be a
+    /// wildcard address such as 0.0.0.0).
+    #[arg(long, env = "SONDE_REGISTER_ADDRESS")]
+    pub register_address: Option<String>,
+
+    /// Lease TTL of the registration: how long the key outlives an agent that died without
+    /// deregistering (whole seconds, at least 2s; renewed every third of it).
+    #[arg(long, env = "SONDE_REGISTER_TTL", default_value = "10s")]
+    pub register_ttl: String,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or sonde_agent=debug.
     #[arg(long, env = "SONDE_LOG", default_value = "info")]
     pub log: String,

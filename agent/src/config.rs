@@ -52,6 +52,17 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
 }
 
+/// What the etcd registration needs (`--register`).
+#[derive(Clone, Debug)]
+pub struct RegisterConfig {
+    pub endpoints: Vec<hyper::Uri>,
+    /// `<prefix><address>`
+    pub key: String,
+    /// host:port collectors scrape.
+    pub address: String,
+    pub ttl: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub interval: Duration,
@@ -66,6 +77,8 @@ pub struct Config {
     /// `None` when no StatsD socket is configured.
     pub statsd: Option<StatsdSettings>,
     pub scrapes: Vec<ScrapeConfig>,
+    /// `None` unless `--register` is given.
+    pub register: Option<RegisterConfig>,
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -241,6 +254,7 @@ impl TryFrom<Cli> for Config {
                     .map_err(|e| invalid("http-listen", format!("'{addr}': {e}")))?,
             ),
         };
+        let register = register(&cli, http_listen)?;
         Ok(Config {
             interval,
             host,
@@ -271,8 +285,85 @@ impl TryFrom<Cli> for Config {
             }),
             statsd,
             scrapes,
+            register,
         })
     }
+}
+
+/// `--register*` into a [`RegisterConfig`]; `None` without `--register`.
+fn register(
+    cli: &Cli,
+    http_listen: Option<SocketAddr>,
+) -> Result<Option<RegisterConfig>, ConfigError> {
+    let endpoints = cli
+        .register
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let uri: hyper::Uri = e
+                .parse()
+                .map_err(|err| invalid("register", format!("'{e}' is not a URL: {err}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(invalid(
+                    "register",
+                    format!("'{e}': only http://host:port etcd endpoints are supported"),
+                ));
+            }
+            Ok(uri)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let address = match cli.register_address.as_deref().map(str::trim) {
+        Some(a) if !a.is_empty() => a.to_owned(),
+        _ => {
+            let addr = http_listen.ok_or_else(|| {
+                invalid(
+                    "register",
+                    "needs --http-listen (the /metrics endpoint collectors scrape)",
+                )
+            })?;
+            if addr.ip().is_unspecified() {
+                return Err(invalid(
+                    "register-address",
+                    format!(
+                        "--http-listen {addr} is a wildcard address: give the address collectors reach this agent at"
+                    ),
+                ));
+            }
+            addr.to_string()
+        }
+    };
+    let valid_address = address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || c == '/')
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !valid_address {
+        return Err(invalid(
+            "register-address",
+            format!("'{address}' is not host:port"),
+        ));
+    }
+    let prefix = cli.register_prefix.trim();
+    if prefix.is_empty() {
+        return Err(invalid("register-prefix", "must not be empty"));
+    }
+    let ttl = duration("register-ttl", &cli.register_ttl)?;
+    if ttl < Duration::from_secs(2) {
+        return Err(invalid(
+            "register-ttl",
+            "must be at least 2s (etcd's shortest lease)",
+        ));
+    }
+    Ok(Some(RegisterConfig {
+        endpoints,
+        key: format!("{prefix}{address}"),
+        address,
+        ttl,
+    }))
 }
 
 #[cfg(test)]
@@ -355,6 +446,72 @@ mod tests {
                 .to_string()
                 .starts_with("--statsd-listen")
         );
+    }
+
+    #[test]
+    fn register_flags() {
+        assert!(parse(&[]).unwrap().register.is_none());
+        let c = parse(&[
+            "--register",
+            "http://127.0.0.1:2379",
+            "--http-listen",
+            "127.0.0.1:9999",
+        ])
+        .unwrap();
+        let r = c.register.unwrap();
+        assert_eq!(r.key, "/sonde/targets/127.0.0.1:9999");
+        assert_eq!(r.address, "127.0.0.1:9999");
+        assert_eq!(r.ttl, Duration::from_secs(10));
+        let r = parse(&[
+            "--register",
+            "http://a:2379,http://b:2379",
+            "--register-prefix",
+            "/x/",
+            "--register-address",
+            "node-1.example:9471",
+            "--register-ttl",
+            "5s",
+        ])
+        .unwrap()
+        .register
+        .unwrap();
+        assert_eq!(r.endpoints.len(), 2);
+        assert_eq!(
+            (r.key.as_str(), r.ttl),
+            ("/x/node-1.example:9471", Duration::from_secs(5))
+        );
+        for (args, flag) in [
+            (
+                &["--register", "http://e:2379", "--http-listen", ""][..],
+                "--register:",
+            ),
+            (
+                &[
+                    "--register",
+                    "http://e:2379",
+                    "--http-listen",
+                    "0.0.0.0:9471",
+                ],
+                "--register-address:",
+            ),
+            (&["--register", "e:2379"], "--register:"),
+            (
+                &["--register", "http://e:2379", "--register-ttl", "1s"],
+                "--register-ttl:",
+            ),
+            (
+                &[
+                    "--register",
+                    "http://e:2379",
+                    "--register-address",
+                    "no-port",
+                ],
+                "--register-address:",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
     }
 
     #[test]

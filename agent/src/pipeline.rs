@@ -14,6 +14,7 @@
 //! last time; keep pushing until the buffer is empty or the shutdown timeout passes; then
 //! spool (if configured) or count and log whatever is left.
 
+use sonde_common::etcd::{EtcdClient, Registration};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -181,6 +182,21 @@ pub async fn run(
         ));
     }
 
+    // Registered only once /metrics is served; deregistered first thing at shutdown.
+    let registration = config.register.as_ref().map(|r| {
+        let value = serde_json::json!({
+            "address": r.address,
+            "labels": { "__meta_sonde_agent_host": hostname },
+        });
+        Registration::start(
+            EtcdClient::new(r.endpoints.clone()),
+            r.key.clone(),
+            value.to_string().into_bytes(),
+            r.ttl,
+            shutdown.clone(),
+        )
+    });
+
     for target in &config.scrapes {
         let scraper = Scraper::new(target.clone(), hostname.clone());
         tracker.spawn(scrape_loop(
@@ -216,7 +232,11 @@ pub async fn run(
         flusher.flush().await?;
     }
 
-    // Shutdown: stop intake, take a last flush, deliver what we can, keep or count the rest.
+    // Shutdown: leave etcd (collectors stop scraping us), stop intake, take a last flush,
+    // deliver what we can, keep or count the rest.
+    if let Some(r) = registration {
+        r.stop().await;
+    }
     if let Some(l) = flusher.listener.take() {
         tokio::task::spawn_blocking(move || l.stop()).await?;
     }
