@@ -217,6 +217,11 @@ pub struct Cli {
     #[arg(long = "pool-peer", env = "SONDE_POOL_PEERS", value_delimiter = ',')]
     pub pool_peers: Vec<String>,
 
+    /// How long a collector that stops renewing its etcd lease (a crash) stays a pool member:
+    /// its targets move to the others after at most this long.
+    #[arg(long, env = "SONDE_POOL_TTL", default_value = "5s")]
+    pub pool_ttl: String,
+
     /// This collector's URL as the other members of the pool know it (default:
     /// http://<--listen>).
     #[arg(long, env = "SONDE_ADVERTISE_URL")]
