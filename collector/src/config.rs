@@ -83,6 +83,8 @@ pub struct ScrapeSettings {
     pub peers: Vec<String>,
     /// This collector's URL as pool members know it.
     pub advertise_url: String,
+    /// Lease TTL of this collector's pool membership in etcd.
+    pub pool_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -259,6 +261,7 @@ impl TryFrom<Cli> for Config {
                     .filter(|p| !p.is_empty())
                     .cloned()
                     .collect(),
+                pool_ttl: nonzero_duration("pool-ttl", &cli.pool_ttl)?,
                 advertise_url: cli
                     .advertise_url
                     .clone()

@@ -218,6 +218,8 @@ fn start_collector(etcd: u16, config: &Path) -> Collector {
             &format!("http://127.0.0.1:{etcd}"),
             "--advertise-url",
             &format!("http://{listen}"),
+            "--pool-ttl",
+            "2s",
         ],
     );
     wait_until(Duration::from_secs(20), "collector ready", || {
