@@ -4,8 +4,12 @@
 //! the scrape loop of each owned target pulls, parses and labels its samples -> the route,
 //! like pushed batches (store, sinks, fast path).
 
+pub mod config;
 pub mod discovery;
+mod md5;
 pub mod pool;
+pub mod relabel;
+pub mod target;
 
 use std::collections::BTreeMap;
 
