@@ -4,14 +4,37 @@
 //! the scrape loop of each owned target pulls, parses and labels its samples -> the route,
 //! like pushed batches (store, sinks, fast path).
 
+pub mod append;
 pub mod config;
 pub mod discovery;
+mod events;
+pub mod fetch;
+mod job;
 mod md5;
+mod owners_standin;
 pub mod pool;
 pub mod relabel;
+mod service;
 pub mod target;
+pub mod target_loop;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use sonde_common::wire::Batch;
+
+pub use config::{ConfigError, ScrapeConfigFile, check_file, load};
+pub use service::{ScrapeManager, ScrapeManagerOptions};
+
+/// Where scraped batches go; the server implements it with the route, like pushed batches.
+pub trait ScrapeSink: Send + Sync {
+    fn write<'a>(
+        &'a self,
+        tenant: &'a str,
+        batch: Batch,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
 
 /// Label names and values, sorted by name.
 pub type LabelMap = BTreeMap<String, String>;
