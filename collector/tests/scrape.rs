@@ -393,3 +393,171 @@ async fn two_members_split_the_targets() {
     stop(m1, d1).await;
     stop(m2, d2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_when_a_member_joins() {
+    let mut endpoints = Vec::new();
+    for i in 0..12 {
+        endpoints.push(endpoint(&format!("v {i}\n")).await);
+    }
+    let list = endpoints
+        .iter()
+        .map(|e| format!("'{}'", e.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "scrape_configs:\n  - job_name: pool\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{list}]\n"
+    );
+    let pool1 = Arc::new(StaticPool::new("http://one", &["http://one"]));
+    let (m1, s1, d1) = start(config(&text, None), pool1.clone());
+    let all: HashSet<String> = endpoints.iter().map(|e| e.addr.clone()).collect();
+    eventually("the lone member scrapes everything", || {
+        s1.instances() == all
+    })
+    .await;
+
+    // A second member joins.
+    let both = ["http://one", "http://two"];
+    let (m2, s2, d2) = start(
+        config(&text, None),
+        Arc::new(StaticPool::new(both[1], &both)),
+    );
+    let joined_ms = sonde_common::model::now_ms();
+    pool1
+        .members
+        .send_replace(both.iter().map(|m| m.to_string()).collect());
+    let moved: Vec<String> = m2.targets_json()["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["owner"] == both[1])
+        .map(|t| t["labels"]["instance"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!moved.is_empty() && moved.len() < 12, "{moved:?}");
+    let stale_of = |s: &Recorder, instance: &str| -> Option<i64> {
+        s.points
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(series, _, v)| {
+                series.name == "v"
+                    && series.label("instance") == Some(instance)
+                    && v.to_bits() == STALE_NAN_BITS
+            })
+            .map(|(_, ts, _)| *ts)
+            .next()
+    };
+    eventually(
+        "the old owner ends the moved targets with stale markers",
+        || moved.iter().all(|i| stale_of(&s1, i).is_some()),
+    )
+    .await;
+    for instance in &moved {
+        let stale_ms = stale_of(&s1, instance).unwrap();
+        // Scraped for one more interval before letting go.
+        assert!(
+            stale_ms >= joined_ms + 900,
+            "{instance}: stale after {}ms",
+            stale_ms - joined_ms
+        );
+        // The new owner has samples from before the old one stopped: no gap.
+        let first_new = s2
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _, _)| s.name == "v" && s.label("instance") == Some(instance.as_str()))
+            .map(|(_, ts, _)| *ts)
+            .min();
+        assert!(first_new.is_some_and(|ts| ts <= stale_ms), "{instance}");
+    }
+    // Targets that stayed are not stale at the old owner.
+    for instance in all.iter().filter(|i| !moved.contains(i)) {
+        assert!(stale_of(&s1, instance).is_none(), "{instance}");
+    }
+    // Once the hand-over is over, the old owner lists the moved targets under the new one.
+    eventually("the old owner's view shows the new owners", || {
+        let owned_by_one = m1.targets_json()["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["owner"] == both[0])
+            .count();
+        owned_by_one == 12 - moved.len()
+    })
+    .await;
+    stop(m1, d1).await;
+    stop(m2, d2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_changed_jobs_quiet_and_ends_removed_ones() {
+    let a = endpoint("x 1\n").await;
+    let b = endpoint("y 1\n").await;
+    let text = |interval: &str, with_b: bool| {
+        let mut t = format!(
+            "scrape_configs:\n  - job_name: a\n    scrape_interval: {interval}\n    static_configs: [{{targets: ['{}']}}]\n",
+            a.addr
+        );
+        if with_b {
+            t.push_str(&format!(
+                "  - job_name: b\n    scrape_interval: 1s\n    static_configs: [{{targets: ['{}']}}]\n",
+                b.addr
+            ));
+        }
+        t
+    };
+    let (manager, sink, shutdown) = start(
+        config(&text("1s", true), None),
+        Arc::new(Alone::new("http://me")),
+    );
+    eventually("both jobs scraped", || {
+        !sink.find("x", &a.addr).is_empty() && !sink.find("y", &b.addr).is_empty()
+    })
+    .await;
+    // Job a changes (same target labels), job b goes.
+    manager.reload(config(&text("2s", false), None));
+    eventually("stale markers for job b", || {
+        sink.find("y", &b.addr)
+            .iter()
+            .any(|v| v.to_bits() == STALE_NAN_BITS)
+    })
+    .await;
+    let before = sink.find("x", &a.addr).len();
+    eventually("job a scraped again", || {
+        sink.find("x", &a.addr).len() > before
+    })
+    .await;
+    assert!(
+        sink.find("x", &a.addr)
+            .iter()
+            .all(|v| v.to_bits() != STALE_NAN_BITS),
+        "a changed job restarts without stale markers"
+    );
+    let data = manager.targets_json();
+    let active = data["activeTargets"].as_array().unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["scrapeInterval"], "2s");
+    stop(manager, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_size_limit_fails_the_scrape() {
+    let t = endpoint("a_long_metric_name_here 1\n").await;
+    let cfg = config(
+        &format!(
+            "scrape_configs:\n  - job_name: l\n    scrape_interval: 1s\n    body_size_limit: 10B\n    static_configs:\n      - targets: ['{}']\n",
+            t.addr
+        ),
+        None,
+    );
+    let (manager, sink, shutdown) = start(cfg, Arc::new(Alone::new("http://me")));
+    eventually("up", || !sink.find("up", &t.addr).is_empty()).await;
+    assert_eq!(sink.find("up", &t.addr)[0], 0.0);
+    let err = manager.targets_json()["activeTargets"][0]["lastError"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("body size limit"), "{err}");
+    stop(manager, shutdown).await;
+}

@@ -10,6 +10,10 @@ use hyper_util::rt::TokioExecutor;
 use sonde_common::exposition::Format;
 use thiserror::Error;
 
+/// Bytes of a body when the job sets no `body_size_limit`: a target cannot make the collector
+/// buffer without bound.
+pub const MAX_BODY_BYTES: u64 = 64 << 20;
+
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// What Prometheus asks for: OpenMetrics preferred, the text format accepted.
@@ -54,13 +58,14 @@ pub fn client() -> HttpClient {
         .build(connector)
 }
 
-/// GETs `url`; returns the body and its format. `limit` 0: no size limit.
+/// GETs `url`; returns the body and its format. `limit` 0: [`MAX_BODY_BYTES`].
 pub async fn fetch(
     client: &HttpClient,
     url: &str,
     timeout: Duration,
     limit: u64,
 ) -> Result<(Bytes, Format), FetchError> {
+    let limit = if limit == 0 { MAX_BODY_BYTES } else { limit };
     let uri: hyper::Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
     let req = hyper::Request::get(uri)
         .header(hyper::header::ACCEPT, ACCEPT)
@@ -102,7 +107,7 @@ pub async fn fetch(
             })?;
             if let Ok(data) = frame.into_data() {
                 out.extend_from_slice(&data);
-                if limit > 0 && out.len() as u64 > limit {
+                if out.len() as u64 > limit {
                     return Err(FetchError::BodyTooLarge(limit));
                 }
             }

@@ -150,7 +150,9 @@ fn reconcile(
                 }
                 if let Some(at) = *r.handle.retire.borrow() {
                     // Look again just after the loop ends, to show the new owner.
-                    let at = at + std::time::Duration::from_millis(50);
+                    // Never in the past: a loop still writing its markers is not polled hot.
+                    let at = (at + std::time::Duration::from_millis(50))
+                        .max(Instant::now() + std::time::Duration::from_millis(50));
                     next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
                 }
                 Some(r.handle.status.clone())
