@@ -14,7 +14,7 @@ use std::time::Duration;
 use sonde_collector::scrape::config::{ScrapeConfigFile, parse};
 use sonde_collector::scrape::pool::{Alone, Membership};
 use sonde_collector::scrape::{ScrapeManager, ScrapeManagerOptions, ScrapeSink};
-use sonde_common::model::Series;
+use sonde_common::model::{MetricKind, Series};
 use sonde_common::wire::Batch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,6 +30,10 @@ struct Endpoint {
 }
 
 async fn endpoint(body: &str) -> Endpoint {
+    endpoint_with("text/plain; version=0.0.4", body).await
+}
+
+async fn endpoint_with(content_type: &'static str, body: &str) -> Endpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -53,7 +57,7 @@ async fn endpoint(body: &str) -> Endpoint {
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
@@ -74,6 +78,7 @@ async fn dead_address() -> String {
 #[derive(Default)]
 struct Recorder {
     points: Mutex<Vec<(Series, i64, f64)>>,
+    kinds: Mutex<Vec<(String, MetricKind)>>,
 }
 
 impl ScrapeSink for Recorder {
@@ -84,7 +89,9 @@ impl ScrapeSink for Recorder {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             let mut points = self.points.lock().unwrap();
+            let mut kinds = self.kinds.lock().unwrap();
             for s in batch.iter() {
+                kinds.push((s.name().to_owned(), s.kind()));
                 for sample in s.samples() {
                     points.push((s.to_series(), sample.timestamp_ms, sample.value));
                 }
@@ -559,5 +566,37 @@ async fn body_size_limit_fails_the_scrape() {
         .unwrap()
         .to_owned();
     assert!(err.contains("body size limit"), "{err}");
+    stop(manager, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmetrics_types_and_timestamps() {
+    let t = endpoint_with(
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        "# TYPE jobs counter\njobs_total 3 1700000000.5\n# TYPE lat histogram\n\
+         lat_bucket{le=\"+Inf\"} 2\nlat_sum 1.5\nlat_count 2\n# EOF\n",
+    )
+    .await;
+    let cfg = config(
+        &format!(
+            "scrape_configs:\n  - job_name: om\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n",
+            t.addr
+        ),
+        None,
+    );
+    let (manager, sink, shutdown) = start(cfg, Arc::new(Alone::new("http://me")));
+    eventually("up", || !sink.find("up", &t.addr).is_empty()).await;
+    assert_eq!(sink.find("up", &t.addr)[0], 1.0);
+    let points = sink.points.lock().unwrap().clone();
+    let (_, ts, v) = points
+        .iter()
+        .find(|(s, _, _)| s.name == "jobs_total")
+        .unwrap();
+    assert_eq!((*ts, *v), (1_700_000_000_500, 3.0));
+    let kinds = sink.kinds.lock().unwrap().clone();
+    let kind = |name: &str| kinds.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+    assert_eq!(kind("jobs_total"), Some(MetricKind::Counter));
+    assert_eq!(kind("lat_bucket"), Some(MetricKind::Histogram));
+    assert_eq!(kind("up"), Some(MetricKind::Gauge));
     stop(manager, shutdown).await;
 }

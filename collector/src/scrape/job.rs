@@ -47,6 +47,12 @@ pub struct JobContext {
     pub tracker: TaskTracker,
 }
 
+/// The job's targets after relabeling.
+struct Found {
+    active: Vec<Target>,
+    dropped: Vec<DroppedTarget>,
+}
+
 struct Running {
     handle: LoopHandle,
     target: Arc<Target>,
@@ -92,7 +98,15 @@ pub async fn run(
             .collect();
         let members = members_rx.borrow_and_update().clone();
         let (active, dropped) = target::build(&job, &groups);
-        let next_wake = reconcile(&job, &ctx, &members, active, dropped, &mut running, &view);
+        let next_wake = reconcile(
+            &job,
+            &ctx,
+            &members,
+            Found { active, dropped },
+            &mut running,
+            &view,
+            &notify,
+        );
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = notify.notified() => {}
@@ -125,11 +139,12 @@ fn reconcile(
     job: &Arc<ScrapeJob>,
     ctx: &JobContext,
     members: &[String],
-    active: Vec<Target>,
-    dropped: Vec<DroppedTarget>,
+    found: Found,
     running: &mut BTreeMap<String, Running>,
     view: &Mutex<JobView>,
+    notify: &Arc<Notify>,
 ) -> Option<Instant> {
+    let Found { active, dropped } = found;
     let me = ctx.membership.me().to_owned();
     // Loops that ended on their own (hand-over done).
     running.retain(|_, r| !r.handle.done.load(Ordering::Acquire));
@@ -165,6 +180,7 @@ fn reconcile(
                     job.clone(),
                     target.clone(),
                     CancellationToken::new(),
+                    notify.clone(),
                 );
                 let status = handle.status.clone();
                 running.insert(t.key.clone(), Running { handle, target });

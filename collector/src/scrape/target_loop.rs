@@ -83,13 +83,14 @@ pub fn next_slot_ms(now_ms: i64, interval: Duration, key: &str) -> i64 {
     }
 }
 
-/// Starts the loop of `target`.
+/// Starts the loop of `target`; `on_end` is notified when it has ended.
 pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
     shared: Arc<LoopShared>,
     job: Arc<ScrapeJob>,
     target: Arc<Target>,
     cancel: CancellationToken,
+    on_end: Arc<tokio::sync::Notify>,
 ) -> LoopHandle {
     let status = Arc::new(Mutex::new(TargetStatus::default()));
     let quiet = Arc::new(AtomicBool::new(false));
@@ -105,6 +106,7 @@ pub fn spawn(
     tracker.spawn(async move {
         run(&shared, &job, &target, &status, cancel, retire_rx, &quiet).await;
         done.store(true, Ordering::Release);
+        on_end.notify_one();
     });
     handle
 }
