@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sonde_common::duration::parse_duration;
+use sonde_common::model::is_valid_label_name;
 
 use super::config::ScrapeJob;
 use super::{LabelMap, TargetGroup, relabel};
@@ -163,6 +164,14 @@ fn build_one(job: &ScrapeJob, group: &TargetGroup, target: &LabelMap) -> Option<
         .into_iter()
         .filter(|(k, _)| !k.starts_with("__"))
         .collect();
+    if let Some(bad) = labels.keys().find(|k| !is_valid_label_name(k)) {
+        tracing::warn!(
+            job = job.job_name,
+            label = bad,
+            "scrape: dropping a target with an invalid label name after relabeling"
+        );
+        return None;
+    }
     let mut parts: Vec<&str> = vec![&job.job_name, &url];
     for (k, v) in &labels {
         parts.push(k);
@@ -267,6 +276,21 @@ mod tests {
         assert_eq!(dropped[0].discovered["__address__"], "b:1");
         assert_eq!(active[0].labels["instance"], "a");
         assert_eq!(active[0].url, "http://a:1/p?module=z");
+    }
+
+    #[test]
+    fn invalid_label_names_after_labelmap_drop_the_target() {
+        let j = job(
+            "scrape_configs:\n  - job_name: j\n    relabel_configs:\n      - {regex: '__meta_(.*)', action: labelmap, replacement: '9$1'}\n",
+        );
+        let group = TargetGroup {
+            source: "0".into(),
+            targets: vec![lm(&[("__address__", "a:1"), ("__meta_x", "1")])],
+            labels: LabelMap::new(),
+        };
+        let (active, dropped) = build(&j, &[group]);
+        assert!(active.is_empty());
+        assert_eq!(dropped.len(), 1);
     }
 
     #[test]

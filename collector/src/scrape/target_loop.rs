@@ -212,7 +212,14 @@ async fn scrape_once(
 }
 
 async fn write(shared: &LoopShared, agent_id: &str, sequence: &mut u64, points: Vec<Point>) {
+    let limits = sonde_common::model::Limits::default();
     for batch in append::batches(points, agent_id, sequence) {
+        // The route takes validated batches only; target labels come from discovery.
+        if let Err(e) = batch.validate(&limits) {
+            shared.stats.write_failures.inc();
+            tracing::warn!(agent_id, error = %e, "scrape: dropping an invalid batch");
+            continue;
+        }
         if let Err(e) = shared.sink.write(&shared.tenant, batch).await {
             shared.stats.write_failures.inc();
             tracing::warn!(agent_id, error = %e, "scrape: cannot write scraped samples");
