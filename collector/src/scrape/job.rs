@@ -22,6 +22,13 @@ use super::pool::Membership;
 use super::target::{self, DroppedTarget, Target};
 use super::target_loop::{self, LoopHandle, LoopShared, TargetStatus};
 
+/// Whether a member that hands a target over ends its series with stale markers. The
+/// markers are written when the hand-over interval ends, after the new owner's first scrape
+/// and before its next one: until that next scrape, queries see the series as stale (a gap of
+/// less than one interval). `false` ends hand-overs quietly (no gap; the series simply
+/// continue under the new owner), as a reload does.
+const STALE_MARKERS_AFTER_HAND_OVER: bool = true;
+
 /// A target as the API shows it.
 #[derive(Clone)]
 pub struct TargetView {
@@ -158,8 +165,12 @@ fn reconcile(
         let status = match running.get(&t.key) {
             Some(r) => {
                 if owned {
+                    r.handle.quiet.store(false, Ordering::Release);
                     r.handle.retire.send_if_modified(|d| d.take().is_some());
                 } else if r.handle.retire.borrow().is_none() {
+                    r.handle
+                        .quiet
+                        .store(!STALE_MARKERS_AFTER_HAND_OVER, Ordering::Release);
                     let at = Instant::now() + r.target.interval;
                     r.handle.retire.send_replace(Some(at));
                 }
