@@ -328,7 +328,7 @@ impl Membership for StaticPool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_split_the_targets() {
     let mut endpoints = Vec::new();
-    for i in 0..8 {
+    for i in 0..12 {
         endpoints.push(endpoint(&format!("v {i}\n")).await);
     }
     let list = endpoints
@@ -380,7 +380,7 @@ async fn two_members_split_the_targets() {
             .collect()
     };
     let (o1, o2) = (owners(&m1), owners(&m2));
-    assert_eq!(o1.len(), 8);
+    assert_eq!(o1.len(), 12);
     assert_eq!(o1, o2);
     for (instance, owner) in &o1 {
         let scraper = if one.contains(instance) {
@@ -396,7 +396,7 @@ async fn two_members_split_the_targets() {
         .iter()
         .filter(|t| t["health"] == "unknown")
         .count();
-    assert_eq!(unknown, 8 - one.len());
+    assert_eq!(unknown, 12 - one.len());
     stop(m1, d1).await;
     stop(m2, d2).await;
 }
@@ -429,6 +429,12 @@ async fn hand_over_when_a_member_joins() {
         config(&text, None),
         Arc::new(StaticPool::new(both[1], &both)),
     );
+    eventually("the new member lists every target", || {
+        m2.targets_json()["activeTargets"]
+            .as_array()
+            .is_some_and(|a| a.len() == 12)
+    })
+    .await;
     let joined_ms = sonde_common::model::now_ms();
     pool1
         .members
