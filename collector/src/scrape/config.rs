@@ -472,6 +472,16 @@ fn build_job(
         if e.prefix.is_empty() {
             return Err(plain("etcd_sd_configs: prefix must not be empty".into()));
         }
+        for endpoint in &e.endpoints {
+            let ok = endpoint.parse::<hyper::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(plain(format!(
+                    "etcd_sd_configs: endpoint {endpoint:?} must be an http:// or https:// URL with a host"
+                )));
+            }
+        }
         etcd_sd_configs.push(EtcdSdConfig {
             endpoints: e.endpoints,
             prefix: e.prefix,
@@ -660,6 +670,10 @@ scrape_configs:
             (
                 "scrape_configs:\n  - job_name: a\n    body_size_limit: lots\n",
                 "invalid size",
+            ),
+            (
+                "scrape_configs:\n  - job_name: a\n    etcd_sd_configs: [{endpoints: ['etcd:2379'], prefix: /t}]\n",
+                "must be an http:// or https:// URL",
             ),
         ];
         for (text, want) in cases {
