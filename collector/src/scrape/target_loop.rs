@@ -1,0 +1,245 @@
+//! The loop of one owned target: wait for its slot, fetch, parse, append, write; at the end,
+//! stale markers for everything it wrote, unless the collector is shutting down or a reload
+//! replaces the loop (the series continue).
+//!
+//! Slots are aligned on wall-clock time: `k * interval + offset`, the offset a hash of the
+//! target key. Every pool member computes the same slots, so during a hand-over the old and
+//! the new owner scrape at the same moments.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sonde_common::exposition::{self, ParseLimits};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ScrapeSink;
+use super::append::{self, Point, SeriesCache};
+use super::config::ScrapeJob;
+use super::events::Stats;
+use super::fetch::{self, HttpClient};
+use super::target::{Target, stable_hash};
+
+/// A target's health, as `/api/v1/targets` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// The latest scrape of a target.
+#[derive(Debug, Clone, Default)]
+pub struct TargetStatus {
+    pub health: Health,
+    pub last_error: String,
+    pub last_scrape: Option<SystemTime>,
+    pub last_duration: f64,
+}
+
+/// What a loop shares with the job that started it.
+pub struct LoopShared {
+    pub client: HttpClient,
+    pub sink: Arc<dyn ScrapeSink>,
+    pub tenant: String,
+    pub stats: Arc<Stats>,
+    /// The collector's shutdown: loops end without stale markers.
+    pub shutdown: CancellationToken,
+}
+
+/// The job's handle on a running loop.
+pub struct LoopHandle {
+    pub status: Arc<Mutex<TargetStatus>>,
+    pub cancel: CancellationToken,
+    /// Set before `cancel` when the end must not write stale markers (a reload replaces it).
+    pub quiet: Arc<AtomicBool>,
+    /// When set, the loop scrapes until then and ends with stale markers (hand-over).
+    pub retire: watch::Sender<Option<Instant>>,
+    pub done: Arc<AtomicBool>,
+}
+
+/// The next slot of a target strictly after `now_ms`.
+pub fn next_slot_ms(now_ms: i64, interval: Duration, key: &str) -> i64 {
+    let interval_ms = (interval.as_millis() as i64).max(1);
+    let offset = (stable_hash(&[key]) % interval_ms as u64) as i64;
+    let base = now_ms - now_ms.rem_euclid(interval_ms) + offset;
+    if base > now_ms {
+        base
+    } else {
+        base + interval_ms
+    }
+}
+
+/// Starts the loop of `target`; `on_end` is notified when it has ended.
+pub fn spawn(
+    tracker: &tokio_util::task::TaskTracker,
+    shared: Arc<LoopShared>,
+    job: Arc<ScrapeJob>,
+    target: Arc<Target>,
+    cancel: CancellationToken,
+    on_end: Arc<tokio::sync::Notify>,
+) -> LoopHandle {
+    let status = Arc::new(Mutex::new(TargetStatus::default()));
+    let quiet = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let (retire, retire_rx) = watch::channel(None);
+    let handle = LoopHandle {
+        status: status.clone(),
+        cancel: cancel.clone(),
+        quiet: quiet.clone(),
+        retire,
+        done: done.clone(),
+    };
+    tracker.spawn(async move {
+        run(&shared, &job, &target, &status, cancel, retire_rx, &quiet).await;
+        done.store(true, Ordering::Release);
+        on_end.notify_one();
+    });
+    handle
+}
+
+async fn run(
+    shared: &LoopShared,
+    job: &ScrapeJob,
+    target: &Target,
+    status: &Mutex<TargetStatus>,
+    cancel: CancellationToken,
+    mut retire: watch::Receiver<Option<Instant>>,
+    quiet: &AtomicBool,
+) {
+    let mut cache = SeriesCache::default();
+    let mut sequence = 0u64;
+    let agent_id = format!("scrape/{}", target.key);
+    shared.stats.targets_running.fetch_add(1, Ordering::Relaxed);
+    loop {
+        let now_ms = sonde_common::model::now_ms();
+        let slot = next_slot_ms(now_ms, target.interval, &target.key);
+        let wake = Instant::now() + Duration::from_millis((slot - now_ms).max(0) as u64);
+        let deadline = *retire.borrow_and_update();
+        let retiring = deadline.is_some_and(|d| d <= wake);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline.filter(|_| retiring).unwrap_or(wake)) => {
+                if retiring {
+                    break;
+                }
+            }
+            changed = retire.changed() => {
+                if changed.is_err() {
+                    // The job dropped the handle without cancelling: end as if removed.
+                    break;
+                }
+                continue;
+            }
+        }
+        let points = scrape_once(shared, job, target, status, &mut cache).await;
+        write(shared, &agent_id, &mut sequence, points).await;
+    }
+    shared.stats.targets_running.fetch_sub(1, Ordering::Relaxed);
+    if shared.shutdown.is_cancelled() || quiet.load(Ordering::Acquire) {
+        return;
+    }
+    let markers = cache.end(&target.labels, sonde_common::model::now_ms());
+    shared.stats.stale_markers.add(markers.len() as u64);
+    write(shared, &agent_id, &mut sequence, markers).await;
+}
+
+async fn scrape_once(
+    shared: &LoopShared,
+    job: &ScrapeJob,
+    target: &Target,
+    status: &Mutex<TargetStatus>,
+    cache: &mut SeriesCache,
+) -> Vec<Point> {
+    let started = std::time::Instant::now();
+    let started_wall = SystemTime::now();
+    let scrape_ms = sonde_common::model::now_ms();
+    shared.stats.scrapes.inc();
+    let result = match fetch::fetch(
+        &shared.client,
+        &target.url,
+        target.timeout,
+        job.body_size_limit,
+    )
+    .await
+    {
+        Err(e) => Err((e.reason(), e.to_string(), 0)),
+        Ok((body, format)) => {
+            match exposition::parse_bytes(&body, format, scrape_ms, &ParseLimits::default()) {
+                Err(e) => Err((e.reason(), e.to_string(), 0)),
+                Ok(expo) => {
+                    let scraped = expo.sample_count();
+                    append::samples(&expo, target, job, scrape_ms)
+                        .map(|p| (p, scraped))
+                        .map_err(|e| (e.reason(), e.to_string(), scraped))
+                }
+            }
+        }
+    };
+    let duration = started.elapsed().as_secs_f64();
+    let (points, error, scraped) = match result {
+        Ok((points, scraped)) => (Some(points), None, scraped),
+        Err((reason, message, scraped)) => {
+            shared.stats.scrapes_failed.add(reason, 1);
+            (None, Some(message), scraped)
+        }
+    };
+    let (out, report) = cache.scrape(&target.labels, scrape_ms, duration, scraped, points);
+    shared.stats.samples.add(report.post_relabel as u64);
+    if let Ok(mut s) = status.lock() {
+        s.health = if report.up { Health::Up } else { Health::Down };
+        s.last_error = error.clone().unwrap_or_default();
+        s.last_scrape = Some(started_wall);
+        s.last_duration = duration;
+    }
+    if let Some(e) = error {
+        tracing::debug!(target = target.url, error = %e, "scrape failed");
+    }
+    out
+}
+
+async fn write(shared: &LoopShared, agent_id: &str, sequence: &mut u64, points: Vec<Point>) {
+    let limits = sonde_common::model::Limits::default();
+    for batch in append::batches(points, agent_id, sequence) {
+        // The route takes validated batches only; target labels come from discovery.
+        if let Err(e) = batch.validate(&limits) {
+            shared.stats.write_failures.inc();
+            tracing::warn!(agent_id, error = %e, "scrape: dropping an invalid batch");
+            continue;
+        }
+        if let Err(e) = shared.sink.write(&shared.tenant, batch).await {
+            shared.stats.write_failures.inc();
+            tracing::warn!(agent_id, error = %e, "scrape: cannot write scraped samples");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_slot_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn slots_are_aligned_and_in_the_future() {
+        let i = Duration::from_secs(10);
+        let a = next_slot_ms(1_000_000, i, "k");
+        assert!(a > 1_000_000 && a <= 1_010_000);
+        assert_eq!(next_slot_ms(a, i, "k"), a + 10_000);
+        assert_eq!(next_slot_ms(a - 1, i, "k"), a);
+        // Every member computes the same slot.
+        assert_eq!(next_slot_ms(a - 5_000, i, "k"), a);
+    }
+}
