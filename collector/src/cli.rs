@@ -265,6 +265,12 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Check a scrape configuration file (Prometheus's scrape_configs, the supported subset)
+    /// offline; exits 1 on any error.
+    CheckScrapeConfig {
+        /// The scrape configuration file.
+        file: PathBuf,
+    },
     /// Check an alert manager configuration file offline; exits 1 on any error.
     CheckAlertConfig {
         /// The Alertmanager-format file.

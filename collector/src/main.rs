@@ -86,6 +86,16 @@ fn maintenance(command: Command) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::CheckScrapeConfig { file } => {
+            match sonde_collector::scrape::check_file(&file) {
+                Ok(summary) => println!("{}: {summary}", file.display()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+            Ok(())
+        }
         Command::CheckAlertConfig { file } => {
             match sonde_collector::alerting::manager::config::check_file(&file) {
                 Ok(summary) => println!("{}: {summary}", file.display()),

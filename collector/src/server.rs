@@ -60,6 +60,8 @@ pub struct AppState {
     pub metadata: Arc<crate::query::metadata::Metadata>,
     /// The alerting loop, with `--rules-dir` or `--alert-config`.
     pub alerting: Option<Service>,
+    /// The pull model, with `--scrape-config`.
+    pub scrape: Option<Scraping>,
     ready: AtomicBool,
 }
 
@@ -80,6 +82,111 @@ pub enum RunError {
     Join(#[from] tokio::task::JoinError),
     #[error("cannot start the alerting loop: {0}")]
     Alerting(#[from] crate::alerting::service::ServiceError),
+    #[error("cannot start scraping: {0}")]
+    Scrape(#[from] crate::scrape::ConfigError),
+}
+
+/// The scrape manager, the pool membership it uses, and what stops them.
+pub struct Scraping {
+    pub manager: crate::scrape::ScrapeManager,
+    /// Member of an etcd pool: leaving revokes the lease.
+    in_etcd: bool,
+    stop: CancellationToken,
+}
+
+impl Scraping {
+    async fn start(
+        config: &Config,
+        path: &std::path::Path,
+        router: &Router,
+    ) -> Result<Scraping, RunError> {
+        use crate::scrape::pool::{Alone, ETCD_MEMBER_PREFIX, EtcdMembership, Membership, Static};
+        let p = path.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || crate::scrape::load(&p)).await??;
+        let s = &config.scrape;
+        let stop = CancellationToken::new();
+        let me = s.advertise_url.clone();
+        let in_etcd = !s.etcd.is_empty();
+        let membership: Arc<dyn Membership> = if in_etcd {
+            Arc::new(EtcdMembership::start(
+                sonde_common::etcd::EtcdClient::new(s.etcd.clone()),
+                ETCD_MEMBER_PREFIX,
+                me.clone(),
+                s.pool_ttl,
+                stop.clone(),
+            ))
+        } else if !s.peers.is_empty() {
+            Arc::new(Static::new(me.clone(), s.peers.clone()))
+        } else {
+            Arc::new(Alone::new(me.clone()))
+        };
+        let jobs = file.jobs.len();
+        let manager = crate::scrape::ScrapeManager::start(
+            crate::scrape::ScrapeManagerOptions {
+                config: file,
+                default_etcd: s.etcd.clone(),
+                tenant: String::new(),
+                replicas: s.replicas,
+            },
+            membership,
+            Arc::new(router.clone()),
+            stop.clone(),
+        );
+        tracing::info!(file = %path.display(), jobs, member = %me, replicas = s.replicas, "scraping");
+        Ok(Scraping {
+            manager,
+            in_etcd,
+            stop,
+        })
+    }
+
+    /// Stops scraping (no stale markers: another member or the next start continues the
+    /// series) and leaves the pool (the etcd lease is revoked, so the others take over at once).
+    async fn stop(&self) {
+        self.stop.cancel();
+        self.manager.stopped().await;
+        if self.in_etcd {
+            // The registration revokes its lease when cancelled, in its own task: give the
+            // revoke a moment to reach etcd before the process exits.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Reloads the scrape configuration when its file changes.
+async fn watch_scrape_config(
+    path: std::path::PathBuf,
+    manager: crate::scrape::ScrapeManager,
+    stop: CancellationToken,
+) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    let mut last = stamp(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || crate::scrape::load(&p)).await {
+            Ok(Ok(file)) => {
+                manager.reload(file);
+                tracing::info!(file = %path.display(), "scrape configuration reloaded");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "scrape configuration refused; the previous one keeps running")
+            }
+            Err(e) => tracing::error!(error = %e, "scrape configuration reload failed"),
+        }
+    }
 }
 
 /// Recording rules' results go through the normal route.
@@ -174,6 +281,10 @@ pub async fn run(
     if let Some(fp) = alerting.as_ref().and_then(|a| a.fastpath.clone()) {
         router = router.with_tap(fp);
     }
+    let scrape = match &config.scrape.config_file {
+        Some(path) => Some(Scraping::start(&config, path, &router).await?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         auth,
         dedup: Dedup::new(config.ingest.dedup_batches),
@@ -185,6 +296,7 @@ pub async fn run(
         forwarder,
         metadata,
         alerting,
+        scrape,
         store,
         events: Events::default(),
         ready: AtomicBool::new(true),
@@ -198,6 +310,13 @@ pub async fn run(
     }
     if state.alerting.is_some() {
         tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
+    }
+    if let (Some(s), Some(path)) = (&state.scrape, &state.config.scrape.config_file) {
+        tokio::spawn(watch_scrape_config(
+            path.clone(),
+            s.manager.clone(),
+            s.stop.clone(),
+        ));
     }
     // The senders stop only after the HTTP side has drained (below), then drain their queues.
     let sinks_stop = CancellationToken::new();
@@ -270,6 +389,9 @@ pub async fn run(
     sinks_stop.cancel();
     for sender in senders {
         let _ = sender.await;
+    }
+    if let Some(s) = &state.scrape {
+        s.stop().await;
     }
     if let Some(a) = &state.alerting {
         a.stop().await;
@@ -537,6 +659,9 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             if let Some(a) = &state.alerting {
                 a.render_metrics(&mut e);
             }
+            if let Some(s) = &state.scrape {
+                s.manager.render_metrics(&mut e);
+            }
             body.push_str(&e.finish());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
@@ -546,6 +671,17 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             resp
         }
         (_, "/api/v1/rules" | "/api/v1/alerts") => alerting_api(&state, &principal, &req),
+        (&Method::GET, "/api/v1/targets") => {
+            let data = match &state.scrape {
+                Some(s) => s.manager.targets_json(),
+                None => serde_json::json!({"activeTargets": [], "droppedTargets": []}),
+            };
+            let body = serde_json::json!({"status": "success", "data": data}).to_string();
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
         (&Method::POST, "/api/v1/alerting/samples") => {
             fast_path_samples(&state, &principal, req).await
         }

@@ -64,15 +64,13 @@ pub async fn fetch(
     url: &str,
     timeout: Duration,
     limit: u64,
+    user_agent: &str,
 ) -> Result<(Bytes, Format), FetchError> {
     let limit = if limit == 0 { MAX_BODY_BYTES } else { limit };
     let uri: hyper::Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
     let req = hyper::Request::get(uri)
         .header(hyper::header::ACCEPT, ACCEPT)
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("sonde-collector/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(hyper::header::USER_AGENT, user_agent)
         .header(
             "X-Prometheus-Scrape-Timeout-Seconds",
             format!("{}", timeout.as_secs_f64()),

@@ -67,6 +67,11 @@ impl ScrapeManager {
             client: fetch::client(),
             sink,
             tenant: settings.tenant.clone(),
+            user_agent: format!(
+                "sonde-collector/{} (+{})",
+                env!("CARGO_PKG_VERSION"),
+                membership.me()
+            ),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
         });

@@ -55,6 +55,8 @@ pub struct LoopShared {
     pub client: HttpClient,
     pub sink: Arc<dyn ScrapeSink>,
     pub tenant: String,
+    /// Names this pool member to targets: `sonde-collector/<version> (+<member URL>)`.
+    pub user_agent: String,
     pub stats: Arc<Stats>,
     /// The collector's shutdown: loops end without stale markers.
     pub shutdown: CancellationToken,
@@ -173,6 +175,7 @@ async fn scrape_once(
         &target.url,
         target.timeout,
         job.body_size_limit,
+        &shared.user_agent,
     )
     .await
     {
