@@ -2,8 +2,14 @@
 //! (honor_labels or `exported_` renaming, as Prometheus), metric relabeling, the limits, the
 //! report series (`up`, `scrape_duration_seconds`, ...) and staleness markers for series that
 //! were in the previous scrape and are not in this one.
+//!
+//! A target serves the same series scrape after scrape, so what a scraped series becomes
+//! (labels merged, relabeled, checked) is computed once and kept in the target's
+//! [`SeriesCache`], keyed by the series as scraped, as Prometheus's scrape cache does; the cache
+//! also knows which series the previous scrape had, for staleness.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use sonde_common::exposition::Exposition;
 use sonde_common::model::{Limits, MetricKind, Series};
@@ -49,45 +55,54 @@ impl AppendError {
 /// One sample to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
-    pub series: Series,
+    pub series: Arc<Series>,
     pub kind: MetricKind,
     pub timestamp_ms: i64,
     pub value: f64,
 }
 
-/// The samples of one exposition, labeled and relabeled, or why the scrape fails.
+/// The samples of one exposition, labeled and relabeled, or why the scrape fails. `cache`
+/// remembers what each scraped series became; call [`SeriesCache::scrape`] next with the
+/// result.
 pub fn samples(
     expo: &Exposition,
     target: &Target,
     job: &ScrapeJob,
     scrape_ms: i64,
+    cache: &mut SeriesCache,
 ) -> Result<Vec<Point>, AppendError> {
     let limits = Limits::default();
+    cache.current += 1;
+    let current = cache.current;
     let mut out = Vec::with_capacity(expo.sample_count());
-    let mut seen = HashSet::new();
     for (family, s) in expo.samples() {
-        let mut labels: LabelMap = s
-            .series
-            .labels
-            .iter()
-            .map(|l| (l.name.clone(), l.value.clone()))
-            .collect();
-        labels.insert("__name__".into(), s.series.name.clone());
-        merge_target_labels(&mut labels, &target.labels, job.honor_labels);
-        if !relabel::process(&mut labels, &job.metric_relabel_configs) {
-            continue;
-        }
-        check_label_limits(&labels, job)?;
-        let Some(name) = labels.remove("__name__") else {
-            continue;
+        let kind = family.kind();
+        let series = match cache.entries.get_mut(&s.series) {
+            Some(e) => {
+                if e.seen == current {
+                    continue; // a repeated series: the first sample wins
+                }
+                e.seen = current;
+                e.kind = kind;
+                e.out.clone()
+            }
+            None => {
+                let out = final_series(&s.series, target, job, &limits)?.map(Arc::new);
+                cache.entries.insert(
+                    s.series.clone(),
+                    Entry {
+                        out: out.clone(),
+                        kind,
+                        seen: current,
+                        written: 0,
+                    },
+                );
+                out
+            }
         };
-        let series = Series::new(name, labels);
-        series
-            .validate(&limits)
-            .map_err(|e| AppendError::Invalid(e.to_string()))?;
-        if !seen.insert(series.clone()) {
-            continue; // a repeated series: the first sample wins
-        }
+        let Some(series) = series else {
+            continue; // dropped by metric relabeling
+        };
         let timestamp_ms = if job.honor_timestamps && s.has_timestamp {
             s.timestamp_ms
         } else {
@@ -95,7 +110,7 @@ pub fn samples(
         };
         out.push(Point {
             series,
-            kind: family.kind(),
+            kind,
             timestamp_ms,
             value: s.value,
         });
@@ -107,6 +122,35 @@ pub fn samples(
         });
     }
     Ok(out)
+}
+
+/// What a scraped series becomes: target labels merged, metric relabeling applied (`None`:
+/// dropped), limits and names checked.
+fn final_series(
+    scraped: &Series,
+    target: &Target,
+    job: &ScrapeJob,
+    limits: &Limits,
+) -> Result<Option<Series>, AppendError> {
+    let mut labels: LabelMap = scraped
+        .labels
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect();
+    labels.insert("__name__".into(), scraped.name.clone());
+    merge_target_labels(&mut labels, &target.labels, job.honor_labels);
+    if !relabel::process(&mut labels, &job.metric_relabel_configs) {
+        return Ok(None);
+    }
+    check_label_limits(&labels, job)?;
+    let Some(name) = labels.remove("__name__") else {
+        return Ok(None);
+    };
+    let series = Series::new(name, labels);
+    series
+        .validate(limits)
+        .map_err(|e| AppendError::Invalid(e.to_string()))?;
+    Ok(Some(series))
 }
 
 /// Target labels onto a scraped label set. On a conflict the target's value wins and the
@@ -179,7 +223,7 @@ fn report_points(target: &LabelMap, at_ms: i64, values: [f64; 5]) -> Vec<Point> 
         .iter()
         .zip(values)
         .map(|(name, value)| Point {
-            series: Series::new(*name, target.clone()),
+            series: Arc::new(Series::new(*name, target.clone())),
             kind: MetricKind::Gauge,
             timestamp_ms: at_ms,
             value,
@@ -187,10 +231,27 @@ fn report_points(target: &LabelMap, at_ms: i64, values: [f64; 5]) -> Vec<Point> 
         .collect()
 }
 
-/// The series of a target's previous scrape, for staleness.
+/// A cached scraped series: what it became, and in which scrapes it was seen and written.
+#[derive(Debug)]
+struct Entry {
+    /// `None`: dropped by metric relabeling.
+    out: Option<Arc<Series>>,
+    kind: MetricKind,
+    /// The last scrape (attempt) that had it.
+    seen: u64,
+    /// The last successful scrape that wrote it.
+    written: u64,
+}
+
+/// A target's scraped series, for the next scrape (their labels computed once) and for
+/// staleness (which series the previous scrape wrote).
 #[derive(Debug, Default)]
 pub struct SeriesCache {
-    last: HashMap<Series, MetricKind>,
+    entries: HashMap<Series, Entry, foldhash::fast::RandomState>,
+    /// The scrape in progress (or last attempted).
+    current: u64,
+    /// The previous successful scrape (0: none, or it failed since).
+    last_ok: u64,
 }
 
 impl SeriesCache {
@@ -205,27 +266,33 @@ impl SeriesCache {
         scraped: usize,
         result: Option<Vec<Point>>,
     ) -> (Vec<Point>, Report) {
-        let points = result.as_ref().map_or(&[][..], Vec::as_slice);
-        let mut current = HashMap::with_capacity(points.len());
+        let ok = result.is_some();
+        let (current, last_ok) = (self.current, self.last_ok);
+        let mut out = result.unwrap_or_default();
+        let post_relabel = out.len();
         let mut added = 0;
-        for p in points {
-            if !self.last.contains_key(&p.series) {
-                added += 1;
+        self.entries.retain(|_, e| {
+            let here = ok && e.seen == current;
+            if let Some(series) = &e.out {
+                if here {
+                    if last_ok == 0 || e.written != last_ok {
+                        added += 1;
+                    }
+                } else if last_ok != 0 && e.written == last_ok {
+                    out.push(stale(series.clone(), e.kind, scrape_ms));
+                }
             }
-            current.insert(p.series.clone(), p.kind);
-        }
-        let mut out: Vec<Point> = points.to_vec();
-        for (series, kind) in &self.last {
-            if !current.contains_key(series) {
-                out.push(stale(series.clone(), *kind, scrape_ms));
+            if here {
+                e.written = current;
             }
-        }
-        self.last = current;
+            here
+        });
+        self.last_ok = if ok { current } else { 0 };
         let report = Report {
-            up: result.is_some(),
+            up: ok,
             duration_seconds,
             scraped,
-            post_relabel: points.len(),
+            post_relabel,
             added,
         };
         out.extend(report_points(
@@ -244,11 +311,14 @@ impl SeriesCache {
 
     /// Stale markers for every series of the target, report series included: it is gone.
     pub fn end(&mut self, target: &LabelMap, at_ms: i64) -> Vec<Point> {
+        let last_ok = self.last_ok;
         let mut out: Vec<Point> = self
-            .last
+            .entries
             .drain()
-            .map(|(series, kind)| stale(series, kind, at_ms))
+            .filter(|(_, e)| last_ok != 0 && e.written == last_ok)
+            .filter_map(|(_, e)| e.out.map(|s| stale(s, e.kind, at_ms)))
             .collect();
+        self.last_ok = 0;
         out.extend(report_points(
             target,
             at_ms,
@@ -258,7 +328,7 @@ impl SeriesCache {
     }
 }
 
-fn stale(series: Series, kind: MetricKind, at_ms: i64) -> Point {
+fn stale(series: Arc<Series>, kind: MetricKind, at_ms: i64) -> Point {
     Point {
         series,
         kind,
@@ -335,7 +405,7 @@ mod tests {
         let j = job("");
         let t = target(&j);
         let e = expo("# TYPE c counter\nc_total{a=\"1\"} 5\n# TYPE g gauge\ng 2 777\n");
-        let p = samples(&e, &t, &j, 5000).unwrap();
+        let p = samples(&e, &t, &j, 5000, &mut SeriesCache::default()).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(
             p[0].series.to_string(),
@@ -351,12 +421,12 @@ mod tests {
     fn conflicts_exported_or_honored() {
         let e = expo("m{job=\"inner\",exported_job=\"x\"} 1\n");
         let j = job("");
-        let p = samples(&e, &target(&j), &j, 0).unwrap();
+        let p = samples(&e, &target(&j), &j, 0, &mut SeriesCache::default()).unwrap();
         assert_eq!(p[0].series.label("job"), Some("j"));
         assert_eq!(p[0].series.label("exported_job"), Some("x"));
         assert_eq!(p[0].series.label("exported_exported_job"), Some("inner"));
         let j = job("    honor_labels: true\n");
-        let p = samples(&e, &target(&j), &j, 0).unwrap();
+        let p = samples(&e, &target(&j), &j, 0, &mut SeriesCache::default()).unwrap();
         assert_eq!(p[0].series.label("job"), Some("inner"));
         assert_eq!(p[0].series.label("instance"), Some("h:1"));
     }
@@ -367,12 +437,33 @@ mod tests {
             "    metric_relabel_configs:\n      - {source_labels: [__name__], regex: 'drop_.*', action: drop}\n    sample_limit: 2\n",
         );
         let t = target(&j);
-        let p = samples(&expo("a 1\ndrop_me 2\nb 3\n"), &t, &j, 0).unwrap();
+        let p = samples(
+            &expo("a 1\ndrop_me 2\nb 3\n"),
+            &t,
+            &j,
+            0,
+            &mut SeriesCache::default(),
+        )
+        .unwrap();
         assert_eq!(p.len(), 2);
-        let err = samples(&expo("a 1\nb 2\nc 3\n"), &t, &j, 0).unwrap_err();
+        let err = samples(
+            &expo("a 1\nb 2\nc 3\n"),
+            &t,
+            &j,
+            0,
+            &mut SeriesCache::default(),
+        )
+        .unwrap_err();
         assert_eq!(err, AppendError::SampleLimit { count: 3, limit: 2 });
         let j = job("    label_limit: 3\n");
-        let err = samples(&expo("a{x=\"1\"} 1\n"), &target(&j), &j, 0).unwrap_err();
+        let err = samples(
+            &expo("a{x=\"1\"} 1\n"),
+            &target(&j),
+            &j,
+            0,
+            &mut SeriesCache::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "label_limit");
     }
 
@@ -381,12 +472,12 @@ mod tests {
         let j = job("");
         let t = target(&j);
         let mut cache = SeriesCache::default();
-        let first = samples(&expo("a 1\nb 2\n"), &t, &j, 1000).unwrap();
+        let first = samples(&expo("a 1\nb 2\n"), &t, &j, 1000, &mut cache).unwrap();
         let (out, report) = cache.scrape(&t.labels, 1000, 0.1, 2, Some(first));
         assert_eq!(report.added, 2);
         assert_eq!(out.len(), 2 + 5);
         assert!(out.iter().any(|p| p.series.name == "up" && p.value == 1.0));
-        let second = samples(&expo("a 1\n"), &t, &j, 2000).unwrap();
+        let second = samples(&expo("a 1\n"), &t, &j, 2000, &mut cache).unwrap();
         let (out, report) = cache.scrape(&t.labels, 2000, 0.1, 1, Some(second));
         assert_eq!(report.added, 0);
         let stale: Vec<_> = out
@@ -412,7 +503,7 @@ mod tests {
     fn batches_split_and_validate() {
         let points: Vec<Point> = (0..25_000)
             .map(|i| Point {
-                series: Series::new("m", [("i", i.to_string())]),
+                series: Arc::new(Series::new("m", [("i", i.to_string())])),
                 kind: MetricKind::Gauge,
                 timestamp_ms: 1,
                 value: 1.0,

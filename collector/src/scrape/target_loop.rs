@@ -185,7 +185,7 @@ async fn scrape_once(
                 Err(e) => Err((e.reason(), e.to_string(), 0)),
                 Ok(expo) => {
                     let scraped = expo.sample_count();
-                    append::samples(&expo, target, job, scrape_ms)
+                    append::samples(&expo, target, job, scrape_ms, cache)
                         .map(|p| (p, scraped))
                         .map_err(|e| (e.reason(), e.to_string(), scraped))
                 }
