@@ -238,3 +238,40 @@ fn alerting_measures_notification_latency_and_rule_throughput_against_vmalert() 
     }
     assert!(out.path().join("alerting.txt").exists());
 }
+
+#[test]
+fn scrape_measures_the_collector_against_vmagent_on_the_same_targets() {
+    if !std::path::Path::new("/usr/bin/vmagent").exists() {
+        eprintln!("skipped: /usr/bin/vmagent is absent (apt-get install victoria-metrics)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_sonde-loadtest"))
+        .args(["scenario", "scrape", "--hosts", "30", "--duration", "5s"])
+        .args(["--quiet", "--out"])
+        .arg(out.path())
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scenario scrape failed: {status}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for side in ["sonde", "vmagent_victoriametrics"] {
+        let f = &v["summary"][side];
+        let scrapes = f["scrapes"].as_u64().unwrap();
+        // 30 targets every second for 5 s: about 150 scrapes.
+        assert!((100..=200).contains(&scrapes), "{side}: {f}");
+        let scraped = f["samples_scraped"].as_u64().unwrap();
+        assert_eq!(scraped, scrapes * 200, "{side}");
+        // What was scraped in the window is stored (the window's edges may differ by a scrape
+        // per target).
+        let stored = f["samples_stored"].as_u64().unwrap();
+        assert!(
+            stored + 30 * 200 * 2 >= scraped && stored <= scraped + 30 * 200 * 2,
+            "{side}: stored {stored} of {scraped}"
+        );
+        assert!(f["cpu_seconds"].as_f64().unwrap() > 0.0, "{side}");
+    }
+    assert!(out.path().join("scrape.txt").exists());
+}
