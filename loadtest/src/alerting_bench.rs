@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::drive::{HttpClient, client};
@@ -138,35 +138,9 @@ impl Drop for Receiver {
 /// Serves requests on one connection (keep-alive) until the peer closes it.
 async fn serve(mut stream: tokio::net::TcpStream, arrivals: Arrivals) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let len: usize = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + 4 + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body: Vec<u8> = buf[head_end + 4..head_end + 4 + len].to_vec();
-        buf.drain(..head_end + 4 + len);
+    while let Some(crate::serve::Request { path, body }) =
+        crate::serve::next_request(&mut stream, &mut buf).await?
+    {
         let now = Instant::now();
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
             let (system, alerts) = if path.starts_with("/vmalert") {
@@ -188,6 +162,7 @@ async fn serve(mut stream: tokio::net::TcpStream, arrivals: Arrivals) -> std::io
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await?;
     }
+    Ok(())
 }
 
 /// Firing: a webhook alert says so; a postable alert has no end or one in the future (vmalert

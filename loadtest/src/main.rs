@@ -13,6 +13,7 @@ mod procs;
 mod report;
 mod scenario;
 mod scrape_bench;
+mod serve;
 mod storage_bench;
 
 use anyhow::{Context, bail};

@@ -134,19 +134,10 @@ async fn serve(
     count: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        buf.drain(..end + 4);
+    while crate::serve::next_request(&mut stream, &mut buf)
+        .await?
+        .is_some()
+    {
         count.fetch_add(1, Ordering::Relaxed);
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
@@ -155,6 +146,7 @@ async fn serve(
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
     }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
