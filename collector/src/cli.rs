@@ -217,6 +217,12 @@ pub struct Cli {
     #[arg(long = "pool-peer", env = "SONDE_POOL_PEERS", value_delimiter = ',')]
     pub pool_peers: Vec<String>,
 
+    /// The collector pool as a DNS name with a port (host:port), e.g. a Kubernetes headless
+    /// Service: every address it resolves to is a member, re-resolved every 5 s (instead of
+    /// etcd or --pool-peer).
+    #[arg(long, env = "SONDE_POOL_DNS")]
+    pub pool_dns: Option<String>,
+
     /// How long a collector that stops renewing its etcd lease (a crash) stays a pool member:
     /// its targets move to the others after at most this long.
     #[arg(long, env = "SONDE_POOL_TTL", default_value = "5s")]

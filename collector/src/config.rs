@@ -85,6 +85,8 @@ pub struct ScrapeSettings {
     pub advertise_url: String,
     /// Lease TTL of this collector's pool membership in etcd.
     pub pool_ttl: Duration,
+    /// The pool as a DNS name with a port.
+    pub pool_dns: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -262,6 +264,7 @@ impl TryFrom<Cli> for Config {
                     .cloned()
                     .collect(),
                 pool_ttl: nonzero_duration("pool-ttl", &cli.pool_ttl)?,
+                pool_dns: cli.pool_dns.clone().filter(|d| !d.is_empty()),
                 advertise_url: cli
                     .advertise_url
                     .clone()

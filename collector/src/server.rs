@@ -100,7 +100,9 @@ impl Scraping {
         path: &std::path::Path,
         router: &Router,
     ) -> Result<Scraping, RunError> {
-        use crate::scrape::pool::{Alone, ETCD_MEMBER_PREFIX, EtcdMembership, Membership, Static};
+        use crate::scrape::pool::{
+            Alone, DnsPeers, ETCD_MEMBER_PREFIX, EtcdMembership, Membership, Static,
+        };
         let p = path.to_path_buf();
         let file = tokio::task::spawn_blocking(move || crate::scrape::load(&p)).await??;
         let s = &config.scrape;
@@ -113,6 +115,13 @@ impl Scraping {
                 ETCD_MEMBER_PREFIX,
                 me.clone(),
                 s.pool_ttl,
+                stop.clone(),
+            ))
+        } else if let Some(name) = &s.pool_dns {
+            Arc::new(DnsPeers::start(
+                me.clone(),
+                name.clone(),
+                std::time::Duration::from_secs(5),
                 stop.clone(),
             ))
         } else if !s.peers.is_empty() {

@@ -1,5 +1,5 @@
 //! The collector pool: who the live members are ([`Membership`]: [`Alone`], [`Static`],
-//! [`EtcdMembership`]), and which of them scrape a target ([`owners`]).
+//! [`DnsPeers`], [`EtcdMembership`]), and which of them scrape a target ([`owners`]).
 //!
 //! Every member computes the owners of every target from the same member list with the same
 //! stable hash, so they agree without talking to each other; while lists differ (a join or a
@@ -41,6 +41,70 @@ impl Membership for Alone {
 
     fn members(&self) -> watch::Receiver<Vec<String>> {
         self.members.subscribe()
+    }
+}
+
+/// A pool found in DNS (`--pool-dns host:port`), such as a Kubernetes headless Service: every
+/// address the name resolves to is a member `http://<address>:<port>`, re-resolved every
+/// `refresh`. This collector is always a member (its `--advertise-url` should be its own
+/// address as DNS gives it). A failed lookup keeps the last list.
+pub struct DnsPeers {
+    me: String,
+    members: watch::Receiver<Vec<String>>,
+}
+
+impl DnsPeers {
+    pub fn start(
+        me: impl Into<String>,
+        name: String,
+        refresh: Duration,
+        cancel: CancellationToken,
+    ) -> DnsPeers {
+        let me = me.into();
+        let (tx, members) = watch::channel(vec![me.clone()]);
+        let mine = me.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match tokio::net::lookup_host(name.as_str()).await {
+                    Ok(addrs) => {
+                        let mut list: Vec<String> = addrs.map(|a| format!("http://{a}")).collect();
+                        list.push(mine.clone());
+                        list.sort();
+                        list.dedup();
+                        tx.send_if_modified(|cur| {
+                            let changed = *cur != list;
+                            if changed {
+                                *cur = list;
+                            }
+                            changed
+                        });
+                        failing = false;
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(name, error = %e, "pool: cannot resolve the peers' DNS name; keeping the last members");
+                        }
+                        failing = true;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(refresh) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
+        DnsPeers { me, members }
+    }
+}
+
+impl Membership for DnsPeers {
+    fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn members(&self) -> watch::Receiver<Vec<String>> {
+        self.members.clone()
     }
 }
 

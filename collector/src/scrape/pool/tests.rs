@@ -246,3 +246,38 @@ async fn etcd_members_converge_and_see_a_leaver_go() {
     assert!(back, "the deleted member key was put back");
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn dns_peers_are_every_address_of_the_name_plus_me() {
+    let cancel = CancellationToken::new();
+    let peers = DnsPeers::start(
+        "http://10.0.0.9:9470",
+        "localhost:9470".into(),
+        Duration::from_secs(60),
+        cancel.clone(),
+    );
+    let mut rx = peers.members();
+    let list = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let l = rx.borrow_and_update().clone();
+            if l.len() > 1 {
+                return l;
+            }
+            let _ = rx.changed().await;
+        }
+    })
+    .await
+    .expect("localhost resolves");
+    assert!(
+        list.contains(&"http://127.0.0.1:9470".to_owned()),
+        "{list:?}"
+    );
+    assert!(
+        list.contains(&"http://10.0.0.9:9470".to_owned()),
+        "{list:?}"
+    );
+    let mut sorted = list.clone();
+    sorted.sort();
+    assert_eq!(list, sorted);
+    cancel.cancel();
+}
