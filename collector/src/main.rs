@@ -88,7 +88,8 @@ fn maintenance(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckScrapeConfig { file } => {
             match sonde_collector::scrape::check_file(&file) {
-                Ok(summary) => println!("{}: {summary}", file.display()),
+                // The summary names the file.
+                Ok(summary) => println!("{summary}"),
                 Err(e) => {
                     eprintln!("{e}");
                     std::process::exit(1);
