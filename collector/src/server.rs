@@ -453,11 +453,7 @@ fn alerting_api(
             None => serde_json::json!({"groups": []}),
         }
     };
-    let body = serde_json::json!({"status": "success", "data": data}).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    query::success_response(data)
 }
 
 /// `POST /api/v1/alerting/samples`: a fleet collector's forwarded samples, for the fast path
@@ -517,11 +513,7 @@ fn fast_path_selectors(state: &AppState, principal: &Principal) -> Response<Body
             }
         }
     }
-    let body = serde_json::json!({"status": "success", "data": data}).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    query::success_response(serde_json::Value::Object(data))
 }
 
 /// Reloads the rules and the alert manager configuration on SIGHUP.
@@ -685,11 +677,7 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 Some(s) => s.manager.targets_json(),
                 None => serde_json::json!({"activeTargets": [], "droppedTargets": []}),
             };
-            let body = serde_json::json!({"status": "success", "data": data}).to_string();
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp
+            query::success_response(data)
         }
         (&Method::POST, "/api/v1/alerting/samples") => {
             fast_path_samples(&state, &principal, req).await

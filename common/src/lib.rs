@@ -9,11 +9,13 @@
 //! - [`duration`]: Prometheus-style durations for flags and config.
 //! - [`exposition`]: the Prometheus text and OpenMetrics parser (scrapes, pushed text).
 //! - [`time`]: RFC 3339 timestamps to and from milliseconds.
+//! - [`hash`]: FNV-1a, the hash that must agree across processes and versions.
 //! - [`etcd`]: a small etcd v3 client (HTTP/JSON gateway): keys, leases, watches, registrations.
 
 pub mod duration;
 pub mod etcd;
 pub mod exposition;
+pub mod hash;
 pub mod model;
 pub mod remote_write;
 pub mod retry;

@@ -51,11 +51,26 @@ pub trait AlertSink: Send + Sync {
     fn send(&self, tenant: &str, alerts: Vec<Alert>);
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+pub use sonde_common::model::now_ms;
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: write
+/// `<path>.tmp` (extension replaced), fsync, rename, fsync the directory. Rule state and the
+/// manager's silences, notification log, outbox and history are saved so.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// A label map from pairs (tests).

@@ -64,7 +64,10 @@ pub async fn run(r: Replay) -> Result<String, String> {
         let groups = load_file(f, &r.tenant).map_err(|e| e.to_string())?;
         set.groups.extend(groups.into_iter().map(Arc::new));
     }
-    let state = tempfile_dir()?;
+    let state = tempfile::Builder::new()
+        .prefix("sonde-replay-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory for the rule state: {e}"))?;
     let mut opts = EvaluatorOptions::new(state.path());
     opts.default_interval = r.default_interval;
     let source: Arc<dyn QuerySource> = Arc::new(Http::new(
@@ -152,37 +155,4 @@ pub async fn run(r: Replay) -> Result<String, String> {
         out.push('\n');
     }
     Ok(out)
-}
-
-/// A private temporary directory for the evaluator's state, removed when dropped.
-fn tempfile_dir() -> Result<TempDir, String> {
-    let base = std::env::temp_dir();
-    for _ in 0..16 {
-        let p = base.join(format!(
-            "sonde-replay-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        if std::fs::create_dir(&p).is_ok() {
-            return Ok(TempDir(p));
-        }
-    }
-    Err(format!(
-        "cannot create a temporary directory in {}",
-        base.display()
-    ))
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -35,6 +35,8 @@ pub enum ServiceError {
     Manager(#[from] ManagerError),
     #[error("--query-url: {0}")]
     QueryUrl(String),
+    #[error("loading the rules failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 #[derive(Default)]
@@ -98,7 +100,7 @@ impl Service {
                 let d = rules_dir.clone();
                 tokio::task::spawn_blocking(move || RuleStore::load(&d))
                     .await
-                    .map_err(|e| ServiceError::QueryUrl(format!("rule loading failed: {e}")))??
+                    .map_err(ServiceError::Task)??
             };
             let source: Arc<dyn QuerySource> = match &cfg.query_url {
                 Some(url) => Arc::new(

@@ -61,6 +61,12 @@ enum Data {
     Raw(String),
 }
 
+/// A successful answer in Prometheus's shape, for callers outside this module (rules, alerts,
+/// targets).
+pub fn success_response(data: serde_json::Value) -> Response<Body> {
+    success(Data::Json(data))
+}
+
 fn success(data: Data) -> Response<Body> {
     match data {
         Data::Json(data) => {

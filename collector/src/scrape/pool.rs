@@ -6,6 +6,7 @@
 //! leave propagating) a target may briefly have one owner too many or too few.
 
 use sonde_common::etcd::{EtcdClient, Registration, Snapshot};
+use sonde_common::hash::fnv1a;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -284,16 +285,6 @@ async fn follow(
             _ = cancel.cancelled() => return,
         }
     }
-}
-
-/// FNV-1a, 64-bit: stable across versions and machines (unlike std's hasher).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// splitmix64's finalizer: spreads FNV's weak low bits over the whole word.

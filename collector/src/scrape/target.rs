@@ -30,17 +30,7 @@ pub struct DroppedTarget {
     pub discovered: LabelMap,
 }
 
-/// FNV-1a, 64 bits: stable across processes and builds, unlike the std hashers.
-pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
-}
+pub use sonde_common::hash::stable_hash;
 
 fn seconds(d: Duration) -> String {
     // Prometheus writes these as model.Duration strings ("15s", "1m").

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::alerting::LabelMap;
@@ -81,17 +80,7 @@ struct GroupFile {
 /// Alerts by rule state key ([`crate::alerting::rules::Rule::state_key`]).
 pub type GroupAlerts = HashMap<String, BTreeMap<LabelMap, ActiveAlert>>;
 
-/// FNV-1a: stable across processes and versions (file names, evaluation offsets).
-pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+pub use sonde_common::hash::stable_hash;
 
 pub fn file_for(dir: &Path, key: &GroupKey) -> PathBuf {
     dir.join(format!(
@@ -118,19 +107,8 @@ pub fn save(dir: &Path, key: &GroupKey, alerts: &GroupAlerts) -> std::io::Result
         group: key.name.clone(),
         rules,
     };
-    let path = file_for(dir, key);
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::alerting::write_atomic(&file_for(dir, key), &bytes)
 }
 
 /// Removes the state file of a group that no longer exists.

@@ -99,6 +99,24 @@ pub struct InhibitRule {
 /// The receiver of the configuration used when there is no file: it notifies nobody.
 pub const DEFAULT_RECEIVER: &str = "default";
 
+impl Route {
+    /// Alertmanager's defaults for the root route: no grouping, `group_wait` 30s,
+    /// `group_interval` 5m, `repeat_interval` 4h; no key or receiver yet.
+    fn defaults() -> Route {
+        Route {
+            key: String::new(),
+            receiver: String::new(),
+            group_by: GroupBy::Labels(Vec::new()),
+            group_wait: Duration::from_secs(30),
+            group_interval: Duration::from_secs(300),
+            repeat_interval: Duration::from_secs(4 * 3600),
+            matchers: Vec::new(),
+            continue_matching: false,
+            routes: Vec::new(),
+        }
+    }
+}
+
 impl AlertManagerConfig {
     /// No file: every alert lands in one route whose receiver notifies nobody, so alerts are
     /// still kept, grouped and listed.
@@ -108,13 +126,7 @@ impl AlertManagerConfig {
             route: Route {
                 key: "{}".into(),
                 receiver: DEFAULT_RECEIVER.into(),
-                group_by: GroupBy::Labels(Vec::new()),
-                group_wait: Duration::from_secs(30),
-                group_interval: Duration::from_secs(300),
-                repeat_interval: Duration::from_secs(4 * 3600),
-                matchers: Vec::new(),
-                continue_matching: false,
-                routes: Vec::new(),
+                ..Route::defaults()
             },
             receivers: vec![Receiver {
                 name: DEFAULT_RECEIVER.into(),
@@ -384,18 +396,7 @@ fn validate(raw: RawConfig, text: &str) -> Result<AlertManagerConfig, String> {
     {
         return Err("route: the root route must not have matchers (it matches every alert)".into());
     }
-    let defaults = Route {
-        key: String::new(),
-        receiver: String::new(),
-        group_by: GroupBy::Labels(Vec::new()),
-        group_wait: Duration::from_secs(30),
-        group_interval: Duration::from_secs(300),
-        repeat_interval: Duration::from_secs(4 * 3600),
-        matchers: Vec::new(),
-        continue_matching: false,
-        routes: Vec::new(),
-    };
-    let route = build_route(raw_route, &defaults, "route", None, &names)?;
+    let route = build_route(raw_route, &Route::defaults(), "route", None, &names)?;
     let mut inhibit_rules = Vec::new();
     for (i, r) in raw.inhibit_rules.into_iter().enumerate() {
         let at = format!("inhibit_rules[{i}]");

@@ -158,21 +158,7 @@ impl Core {
                 let kind = if firing { "firing" } else { "resolved" };
                 fx.history.push(state_entry(tenant, e, kind, now_ms));
             }
-            for r in route::matching(&config.route, &e.alert.labels) {
-                let labels = route::group_labels(r, &e.alert.labels);
-                let key = route::group_key(r, &labels);
-                let g = t.groups.entry(key.clone()).or_insert_with(|| Group {
-                    key,
-                    receiver: r.receiver.clone(),
-                    labels,
-                    group_interval_ms: ms(r.group_interval),
-                    repeat_ms: ms(r.repeat_interval),
-                    alerts: BTreeSet::new(),
-                    next_flush_ms: now_ms.saturating_add(ms(r.group_wait)),
-                    flushed: false,
-                });
-                g.alerts.insert(fp);
-            }
+            join_groups(&mut t.groups, &config.route, &e.alert.labels, fp, now_ms);
         }
     }
 
@@ -187,21 +173,13 @@ impl Core {
             };
             t.groups.clear();
             for e in t.alerts.values() {
-                for r in route::matching(&self.config.route, &e.alert.labels) {
-                    let labels = route::group_labels(r, &e.alert.labels);
-                    let key = route::group_key(r, &labels);
-                    let g = t.groups.entry(key.clone()).or_insert_with(|| Group {
-                        key,
-                        receiver: r.receiver.clone(),
-                        labels,
-                        group_interval_ms: ms(r.group_interval),
-                        repeat_ms: ms(r.repeat_interval),
-                        alerts: BTreeSet::new(),
-                        next_flush_ms: now_ms.saturating_add(ms(r.group_wait)),
-                        flushed: false,
-                    });
-                    g.alerts.insert(e.fp);
-                }
+                join_groups(
+                    &mut t.groups,
+                    &self.config.route,
+                    &e.alert.labels,
+                    e.fp,
+                    now_ms,
+                );
             }
         }
     }
@@ -444,5 +422,31 @@ impl Core {
             }
         }
         next
+    }
+}
+
+/// Puts alert `fp` into the group of every route its `labels` match, creating a group (its first
+/// flush after `group_wait`) where there is none yet.
+fn join_groups(
+    groups: &mut BTreeMap<String, Group>,
+    root: &super::config::Route,
+    labels: &LabelMap,
+    fp: u64,
+    now_ms: i64,
+) {
+    for r in route::matching(root, labels) {
+        let group_labels = route::group_labels(r, labels);
+        let key = route::group_key(r, &group_labels);
+        let g = groups.entry(key.clone()).or_insert_with(|| Group {
+            key,
+            receiver: r.receiver.clone(),
+            labels: group_labels,
+            group_interval_ms: ms(r.group_interval),
+            repeat_ms: ms(r.repeat_interval),
+            alerts: BTreeSet::new(),
+            next_flush_ms: now_ms.saturating_add(ms(r.group_wait)),
+            flushed: false,
+        });
+        g.alerts.insert(fp);
     }
 }

@@ -2,57 +2,11 @@
 //! replacement (write `.tmp`, fsync, rename, fsync the directory), the stable 64-bit hash behind
 //! fingerprints and idempotency keys, random ids, and RFC 3339 times as Alertmanager writes them.
 
-use std::io::Write;
-use std::path::Path;
-
 use super::super::LabelMap;
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+pub use crate::alerting::write_atomic;
 
-/// FNV-1a, 64 bits: stable across versions and platforms (unlike `std`'s hasher).
-#[derive(Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    /// A string followed by a separator byte no label text contains, so ("ab","c") and
-    /// ("a","bc") differ.
-    pub fn field(&mut self, s: &str) {
-        self.write(s.as_bytes());
-        self.write(&[0xff]);
-    }
-
-    pub fn finish(self) -> u64 {
-        self.0
-    }
-}
+pub use sonde_common::hash::Fnv;
 
 /// An alert's identity: a hash of its sorted labels (Alertmanager's fingerprint, in spirit).
 pub fn fingerprint(labels: &LabelMap) -> u64 {
