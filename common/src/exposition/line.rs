@@ -32,13 +32,30 @@ pub(super) enum Line<'a> {
 #[derive(Debug, PartialEq)]
 pub(super) struct SampleLine<'a> {
     pub name: &'a str,
+    /// Empty when the line was lexed with `Labels::Skip` (see [`lex_series`]).
     pub labels: Vec<(&'a str, Cow<'a, str>)>,
+    /// The series as written: the name and the label block, if any, up to its `}`.
+    pub series_text: &'a str,
     pub value: f64,
     pub timestamp_ms: Option<i64>,
 }
 
+/// Whether a sample line's label block is lexed (checked, unescaped) or only skipped over, for
+/// a caller that has seen the same series text before and lexes it with [`lex_series`] only
+/// when it has not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Labels {
+    Lex,
+    Skip,
+}
+
 /// Lexes one line, without its `\n` (a trailing `\r` is tolerated and dropped).
-pub(super) fn lex<'a>(line: &'a str, format: Format, limits: &ParseLimits) -> Result<Line<'a>, E> {
+pub(super) fn lex<'a>(
+    line: &'a str,
+    format: Format,
+    limits: &ParseLimits,
+    labels: Labels,
+) -> Result<Line<'a>, E> {
     if line.len() > limits.max_line_len {
         return Err(E::LineTooLong {
             len: line.len(),
@@ -54,7 +71,7 @@ pub(super) fn lex<'a>(line: &'a str, format: Format, limits: &ParseLimits) -> Re
     if let Some(rest) = line.strip_prefix('#') {
         return lex_comment(rest, format, limits);
     }
-    lex_sample(line, format, limits).map(Line::Sample)
+    lex_sample(line, format, limits, labels).map(Line::Sample)
 }
 
 fn is_blank(c: char) -> bool {
@@ -112,6 +129,7 @@ fn lex_sample<'a>(
     line: &'a str,
     format: Format,
     limits: &ParseLimits,
+    lex_labels_as: Labels,
 ) -> Result<SampleLine<'a>, E> {
     let bytes = line.as_bytes();
     if bytes[0] == b'{' {
@@ -130,11 +148,17 @@ fn lex_sample<'a>(
     let mut pos = skip_blanks(bytes, name_end);
     let mut labels = Vec::new();
     if bytes.get(pos) == Some(&b'{') {
-        pos = lex_labels(line, pos + 1, limits, &mut labels)?;
+        pos = match lex_labels_as {
+            Labels::Lex => lex_labels(line, pos + 1, limits, &mut labels)?,
+            Labels::Skip => skip_labels(bytes, pos + 1)?,
+        };
     } else if pos == name_end && pos < bytes.len() {
         // Something glued to the name that cannot continue it, like `a-b 1` or `é 1`.
         return Err(E::InvalidMetricName);
+    } else {
+        pos = name_end;
     }
+    let series_text = &line[..pos];
     let pos = skip_blanks(bytes, pos);
     let (value_text, rest) = split_token(&line[pos..]);
     if value_text.is_empty() {
@@ -164,8 +188,58 @@ fn lex_sample<'a>(
     Ok(SampleLine {
         name,
         labels,
+        series_text,
         value,
         timestamp_ms,
+    })
+}
+
+/// Lexes the series text of a line lexed with `Labels::Skip` (the name and the label block as
+/// [`SampleLine::series_text`] has them), with every check [`lex`] makes on them.
+pub(super) fn lex_series<'a>(
+    series_text: &'a str,
+    limits: &ParseLimits,
+) -> Result<(&'a str, Vec<(&'a str, Cow<'a, str>)>), E> {
+    let bytes = series_text.as_bytes();
+    let name_end = bytes
+        .iter()
+        .position(|&c| !is_metric_name_byte(c))
+        .unwrap_or(bytes.len());
+    let name = &series_text[..name_end];
+    check_metric_name(name, limits)?;
+    let pos = skip_blanks(bytes, name_end);
+    let mut labels = Vec::new();
+    if bytes.get(pos) == Some(&b'{') {
+        let end = lex_labels(series_text, pos + 1, limits, &mut labels)?;
+        // `skip_labels` found the same end, or the line would not have got here; checked
+        // anyway, so a disagreement is an error rather than a wrong series.
+        if end != bytes.len() {
+            return Err(E::ExpectedCommaOrBrace);
+        }
+    } else if name_end != bytes.len() {
+        return Err(E::InvalidMetricName);
+    }
+    Ok((name, labels))
+}
+
+/// Finds the end of a label block from `pos` (just after `{`) without checking it: the
+/// position after the first `}` outside a quoted value. A quoted value ends at the first `"`
+/// not escaped by a backslash, as [`scan_quoted`] reads it.
+fn skip_labels(bytes: &[u8], mut pos: usize) -> Result<usize, E> {
+    let mut quoted = false;
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b'\\' if quoted => pos += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Ok(pos + 1),
+            _ => {}
+        }
+        pos += 1;
+    }
+    Err(if quoted {
+        E::UnterminatedLabelValue
+    } else {
+        E::ExpectedCommaOrBrace
     })
 }
 
@@ -347,7 +421,12 @@ mod tests {
     use super::*;
 
     fn sample(line: &str) -> Result<SampleLine<'_>, E> {
-        match lex(line, Format::PrometheusText, &ParseLimits::default())? {
+        match lex(
+            line,
+            Format::PrometheusText,
+            &ParseLimits::default(),
+            Labels::Lex,
+        )? {
             Line::Sample(s) => Ok(s),
             other => panic!("not a sample: {other:?}"),
         }

@@ -55,7 +55,7 @@ use std::collections::HashMap;
 pub use error::{ParseError, ParseErrorKind};
 
 use crate::model::{Limits, MetricKind, Series};
-use line::{Line, SampleLine};
+use line::{Labels, Line, SampleLine};
 
 /// Which of the two text formats a body is in; HTTP tells by its `Content-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +202,8 @@ pub struct Family {
     pub samples: Vec<Sample>,
     /// Whether a TYPE line named the family.
     type_declared: bool,
+    /// Whether a sample of the family came yet (a TYPE line after one is an error).
+    sampled: bool,
 }
 
 impl Family {
@@ -238,19 +240,122 @@ pub fn parse(
     default_timestamp_ms: i64,
     limits: &ParseLimits,
 ) -> Result<Exposition, ParseError> {
-    let mut builder = Builder {
-        default_timestamp_ms,
-        limits,
-        out: Exposition::default(),
-        by_name: HashMap::new(),
-        samples: 0,
-        last: None,
-    };
+    let mut builder = Builder::new(limits);
+    drive(
+        text,
+        format,
+        Labels::Lex,
+        &mut builder,
+        |b, index, sample, _| {
+            b.out.families[index].samples.push(Sample {
+                series: Series::new(sample.name, sample.labels),
+                value: sample.value,
+                timestamp_ms: sample.timestamp_ms.unwrap_or(default_timestamp_ms),
+                has_timestamp: sample.timestamp_ms.is_some(),
+            });
+            Ok(())
+        },
+    )?;
+    Ok(builder.out)
+}
+
+/// One sample line as [`scan`] hands it over: the series as written, its family's type, its
+/// value and timestamp. The label block is only skipped over; [`RawSample::series`] lexes and
+/// checks it, for a caller that has not seen this `series_text` before.
+#[derive(Debug)]
+pub struct RawSample<'a> {
+    /// The metric name and label block as written (blanks included), e.g. `m{a="1"}`: two
+    /// lines with the same text are the same series.
+    pub series_text: &'a str,
+    pub metric_type: MetricType,
+    pub value: f64,
+    /// The line's own timestamp, in milliseconds.
+    pub timestamp_ms: Option<i64>,
+    /// 1-based, for errors.
+    pub line: usize,
+    limits: &'a ParseLimits,
+}
+
+impl RawSample<'_> {
+    /// The series, with every check [`parse`] makes on names and labels.
+    pub fn series(&self) -> Result<Series, ParseError> {
+        let (name, labels) =
+            line::lex_series(self.series_text, self.limits).map_err(|kind| ParseError {
+                line: self.line,
+                kind,
+            })?;
+        Ok(Series::new(name, labels))
+    }
+}
+
+/// What [`scan`] saw besides the samples it handed over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Samples handed over.
+    pub samples: usize,
+    /// OpenMetrics `_created` samples skipped.
+    pub created_skipped: usize,
+}
+
+/// Reads an exposition as [`parse`] does, with the same errors and limits, but hands each
+/// sample to `visit` as a [`RawSample`] instead of building the series: for a scraper that
+/// keeps what each series text became, so a series is lexed only the first time it is seen.
+/// `visit` may stop the scan with its own error.
+pub fn scan<E: From<ParseError>>(
+    text: &str,
+    format: Format,
+    limits: &ParseLimits,
+    mut visit: impl FnMut(RawSample<'_>) -> Result<(), E>,
+) -> Result<Scanned, E> {
+    let mut builder = Builder::new(limits);
+    drive(
+        text,
+        format,
+        Labels::Skip,
+        &mut builder,
+        |b, index, sample, line| {
+            visit(RawSample {
+                series_text: sample.series_text,
+                metric_type: b.out.families[index].metric_type,
+                value: sample.value,
+                timestamp_ms: sample.timestamp_ms,
+                line,
+                limits,
+            })
+        },
+    )?;
+    Ok(Scanned {
+        samples: builder.samples,
+        created_skipped: builder.out.created_skipped,
+    })
+}
+
+/// [`scan`] over bytes, which must be UTF-8 (see [`parse_bytes`]).
+pub fn scan_bytes<E: From<ParseError>>(
+    bytes: &[u8],
+    format: Format,
+    limits: &ParseLimits,
+    visit: impl FnMut(RawSample<'_>) -> Result<(), E>,
+) -> Result<Scanned, E> {
+    scan(utf8(bytes)?, format, limits, visit)
+}
+
+/// The line loop both [`parse`] and [`scan`] run: lexes every line, keeps the families in
+/// `builder`, and hands each sample kept (not a skipped `_created` one) to `on_sample` with its
+/// family's index and line number.
+fn drive<'t, E: From<ParseError>>(
+    text: &'t str,
+    format: Format,
+    labels: Labels,
+    builder: &mut Builder<'_>,
+    mut on_sample: impl FnMut(&mut Builder<'_>, usize, SampleLine<'t>, usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let limits = builder.limits;
     let mut eof_line = None;
     let mut line_no = 0;
     for line in text.split('\n') {
         line_no += 1;
-        let lexed = line::lex(line, format, limits).map_err(|kind| ParseError {
+        let lexed = line::lex(line, format, limits, labels).map_err(|kind| ParseError {
             line: line_no,
             kind,
         })?;
@@ -261,16 +366,25 @@ pub fn parse(
             return Err(ParseError {
                 line: line_no,
                 kind: ParseErrorKind::TextAfterEof,
-            });
+            }
+            .into());
         }
         if lexed == Line::Eof {
             eof_line = Some(line_no);
             continue;
         }
-        builder.add(lexed).map_err(|kind| ParseError {
+        let at = |kind| ParseError {
             line: line_no,
             kind,
-        })?;
+        };
+        match lexed {
+            Line::Sample(sample) => {
+                if let Some(index) = builder.add_sample(sample.name).map_err(at)? {
+                    on_sample(builder, index, sample, line_no)?;
+                }
+            }
+            other => builder.add(other).map_err(at)?,
+        }
     }
     if format == Format::OpenMetrics && eof_line.is_none() {
         // A final '\n' makes an empty last piece: report the last line that had text.
@@ -282,9 +396,10 @@ pub fn parse(
         return Err(ParseError {
             line: line.max(1),
             kind: ParseErrorKind::MissingEof,
-        });
+        }
+        .into());
     }
-    Ok(builder.out)
+    Ok(())
 }
 
 /// Parses bytes, which must be UTF-8; an invalid sequence is reported on its line.
@@ -294,21 +409,21 @@ pub fn parse_bytes(
     default_timestamp_ms: i64,
     limits: &ParseLimits,
 ) -> Result<Exposition, ParseError> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => parse(text, format, default_timestamp_ms, limits),
-        Err(err) => {
-            let valid = &bytes[..err.valid_up_to()];
-            Err(ParseError {
-                line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
-                kind: ParseErrorKind::InvalidUtf8,
-            })
+    parse(utf8(bytes)?, format, default_timestamp_ms, limits)
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(bytes).map_err(|err| {
+        let valid = &bytes[..err.valid_up_to()];
+        ParseError {
+            line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+            kind: ParseErrorKind::InvalidUtf8,
         }
-    }
+    })
 }
 
 /// Assembles lexed lines into families.
 struct Builder<'l> {
-    default_timestamp_ms: i64,
     limits: &'l ParseLimits,
     out: Exposition,
     /// Family name -> index in `out.families`.
@@ -318,7 +433,18 @@ struct Builder<'l> {
     last: Option<usize>,
 }
 
-impl Builder<'_> {
+impl<'l> Builder<'l> {
+    fn new(limits: &'l ParseLimits) -> Self {
+        Builder {
+            limits,
+            out: Exposition::default(),
+            by_name: HashMap::new(),
+            samples: 0,
+            last: None,
+        }
+    }
+
+    /// A metadata (or blank) line; samples go to [`Builder::add_sample`].
     fn add(&mut self, line: Line<'_>) -> Result<(), ParseErrorKind> {
         match line {
             Line::Blank | Line::Comment | Line::Eof => Ok(()),
@@ -343,38 +469,35 @@ impl Builder<'_> {
                 if family.type_declared {
                     return Err(ParseErrorKind::DuplicateMetadata("TYPE"));
                 }
-                if !family.samples.is_empty() {
+                if family.sampled {
                     return Err(ParseErrorKind::TypeAfterSamples);
                 }
                 family.metric_type = metric_type;
                 family.type_declared = true;
                 Ok(())
             }
-            Line::Sample(sample) => self.add_sample(sample),
+            Line::Sample(sample) => self.add_sample(sample.name).map(|_| ()),
         }
     }
 
-    fn add_sample(&mut self, line: SampleLine<'_>) -> Result<(), ParseErrorKind> {
-        let (index, suffix) = self.resolve(line.name);
+    /// The family of a sample named `name`, counted against the limit; `None` for a skipped
+    /// `_created` sample.
+    fn add_sample(&mut self, name: &str) -> Result<Option<usize>, ParseErrorKind> {
+        let (index, suffix) = self.resolve(name);
         let family = &mut self.out.families[index];
         self.last = Some(index);
         if suffix == "_created" {
             self.out.created_skipped += 1;
-            return Ok(());
+            return Ok(None);
         }
+        family.sampled = true;
         if self.samples >= self.limits.max_samples {
             return Err(ParseErrorKind::TooManySamples {
                 max: self.limits.max_samples,
             });
         }
         self.samples += 1;
-        family.samples.push(Sample {
-            series: Series::new(line.name, line.labels),
-            value: line.value,
-            timestamp_ms: line.timestamp_ms.unwrap_or(self.default_timestamp_ms),
-            has_timestamp: line.timestamp_ms.is_some(),
-        });
-        Ok(())
+        Ok(Some(index))
     }
 
     /// The family a sample name belongs to, and the suffix it adds; creates an untyped family

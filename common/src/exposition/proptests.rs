@@ -10,6 +10,48 @@ fn limits() -> ParseLimits {
     ParseLimits::default()
 }
 
+/// `scan`, lexing every series it hands over, accepts what `parse` accepts, with the same
+/// samples, and fails on the same line where `parse` fails.
+fn scan_agrees_with_parse(text: &str, format: Format, limits: &ParseLimits) {
+    let parsed = parse(text, format, 7, limits);
+    let mut scanned = Vec::new();
+    let result = scan(text, format, limits, |raw| {
+        let series = raw.series()?;
+        scanned.push((
+            series.to_string(),
+            raw.metric_type as u8,
+            raw.value.to_bits(),
+            raw.timestamp_ms.unwrap_or(7),
+        ));
+        Ok::<(), ParseError>(())
+    });
+    match (parsed, result) {
+        (Ok(expo), Ok(summary)) => {
+            let mut expected: Vec<_> = expo
+                .families
+                .iter()
+                .flat_map(|f| {
+                    f.samples.iter().map(move |s| {
+                        (
+                            s.series.to_string(),
+                            f.metric_type as u8,
+                            s.value.to_bits(),
+                            s.timestamp_ms,
+                        )
+                    })
+                })
+                .collect();
+            expected.sort();
+            scanned.sort();
+            assert_eq!(expected, scanned, "{text:?}");
+            assert_eq!(summary.samples, scanned.len());
+            assert_eq!(summary.created_skipped, expo.created_skipped);
+        }
+        (Err(a), Err(b)) => assert_eq!(a.line, b.line, "{text:?}: {a} / {b}"),
+        (a, b) => panic!("{text:?}: parse {a:?}, scan {b:?}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -44,6 +86,24 @@ proptest! {
         for format in [Format::PrometheusText, Format::OpenMetrics] {
             let _ = parse(&s, format, 0, &limits());
             let _ = parse(&s, format, 0, &tight);
+            scan_agrees_with_parse(&s, format, &limits());
+            scan_agrees_with_parse(&s, format, &tight);
+        }
+    }
+
+    #[test]
+    fn scan_agrees_with_parse_on_label_blocks(
+        s in proptest::collection::vec(
+            prop_oneof![
+                Just("m"), Just("{"), Just("}"), Just("a"), Just("b"), Just("="), Just("\""),
+                Just("\\"), Just(","), Just(" "), Just("n"), Just("}\""), Just(" 1"), Just(" 2 3"),
+                Just("\n"), Just("# TYPE m counter\n"),
+            ],
+            0..40,
+        ).prop_map(|parts| parts.concat())
+    ) {
+        for format in [Format::PrometheusText, Format::OpenMetrics] {
+            scan_agrees_with_parse(&s, format, &limits());
         }
     }
 
@@ -66,6 +126,7 @@ proptest! {
             .map(|(i, f)| Fam { name: format!("f{i}_{}", f.name), ..f })
             .collect();
         let text = render(&families, format);
+        scan_agrees_with_parse(&text, format, &limits());
         let parsed = parse(&text, format, -1, &limits())
             .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(parsed.families.len(), families.len(), "{}", text);
