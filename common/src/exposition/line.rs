@@ -29,11 +29,14 @@ pub(super) enum Line<'a> {
     Sample(SampleLine<'a>),
 }
 
+/// Label pairs as lexed: names borrowed from the line, values unescaped only when they must be.
+pub(super) type LexedLabels<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
 #[derive(Debug, PartialEq)]
 pub(super) struct SampleLine<'a> {
     pub name: &'a str,
     /// Empty when the line was lexed with `Labels::Skip` (see [`lex_series`]).
-    pub labels: Vec<(&'a str, Cow<'a, str>)>,
+    pub labels: LexedLabels<'a>,
     /// The series as written: the name and the label block, if any, up to its `}`.
     pub series_text: &'a str,
     pub value: f64,
@@ -199,7 +202,7 @@ fn lex_sample<'a>(
 pub(super) fn lex_series<'a>(
     series_text: &'a str,
     limits: &ParseLimits,
-) -> Result<(&'a str, Vec<(&'a str, Cow<'a, str>)>), E> {
+) -> Result<(&'a str, LexedLabels<'a>), E> {
     let bytes = series_text.as_bytes();
     let name_end = bytes
         .iter()
@@ -248,7 +251,7 @@ fn lex_labels<'a>(
     line: &'a str,
     mut pos: usize,
     limits: &ParseLimits,
-    labels: &mut Vec<(&'a str, Cow<'a, str>)>,
+    labels: &mut LexedLabels<'a>,
 ) -> Result<usize, E> {
     let bytes = line.as_bytes();
     loop {
