@@ -85,7 +85,7 @@ impl ScrapeSink for Recorder {
     fn write<'a>(
         &'a self,
         _tenant: &'a str,
-        batch: Batch,
+        batch: &'a Batch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             let mut points = self.points.lock().unwrap();

@@ -38,7 +38,7 @@ pub trait ScrapeSink: Send + Sync {
     fn write<'a>(
         &'a self,
         tenant: &'a str,
-        batch: Batch,
+        batch: &'a Batch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
@@ -47,10 +47,10 @@ impl ScrapeSink for crate::route::Router {
     fn write<'a>(
         &'a self,
         tenant: &'a str,
-        batch: Batch,
+        batch: &'a Batch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
-            self.route(tenant, &batch, None)
+            self.route(tenant, batch, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -107,7 +107,7 @@ mod tests {
             None,
             vec![Sample::new(1, 1.0)],
         );
-        router.write("team-a", b.build()).await.unwrap();
+        router.write("team-a", &b.build()).await.unwrap();
         assert_eq!(*seen.0.lock().unwrap(), vec![("team-a".to_owned(), 1)]);
     }
 }

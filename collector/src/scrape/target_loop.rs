@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use sonde_common::exposition::{self, ParseLimits};
+use sonde_common::wire::Batch;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ScrapeSink;
-use super::append::{self, Point, SeriesCache};
+use super::append::{self, SeriesCache};
 use super::config::ScrapeJob;
 use super::events::Stats;
 use super::fetch::{self, HttpClient};
@@ -122,7 +122,7 @@ async fn run(
     mut retire: watch::Receiver<Option<Instant>>,
     quiet: &AtomicBool,
 ) {
-    let mut cache = SeriesCache::default();
+    let mut cache = SeriesCache::new(&target.labels);
     let mut sequence = 0u64;
     let agent_id = format!("scrape/{}", target.key);
     shared.stats.targets_running.fetch_add(1, Ordering::Relaxed);
@@ -147,16 +147,19 @@ async fn run(
                 continue;
             }
         }
-        let points = scrape_once(shared, job, target, status, &mut cache).await;
-        write(shared, &agent_id, &mut sequence, points).await;
+        let output = scrape_once(shared, job, target, status, &mut cache).await;
+        let (batches, validated) = cache.batches(&output, &agent_id, &mut sequence);
+        let valid = write(shared, &agent_id, &batches, validated).await;
+        cache.recycle(batches, valid);
     }
     shared.stats.targets_running.fetch_sub(1, Ordering::Relaxed);
     if shared.shutdown.is_cancelled() || quiet.load(Ordering::Acquire) {
         return;
     }
-    let markers = cache.end(&target.labels, sonde_common::model::now_ms());
+    let markers = cache.end(sonde_common::model::now_ms());
     shared.stats.stale_markers.add(markers.len() as u64);
-    write(shared, &agent_id, &mut sequence, markers).await;
+    let batches = append::batches(markers, &agent_id, &mut sequence);
+    write(shared, &agent_id, &batches, false).await;
 }
 
 async fn scrape_once(
@@ -165,7 +168,7 @@ async fn scrape_once(
     target: &Target,
     status: &Mutex<TargetStatus>,
     cache: &mut SeriesCache,
-) -> Vec<Point> {
+) -> append::Output {
     let started = std::time::Instant::now();
     let started_wall = SystemTime::now();
     let scrape_ms = sonde_common::model::now_ms();
@@ -180,27 +183,18 @@ async fn scrape_once(
     .await
     {
         Err(e) => Err((e.reason(), e.to_string(), 0)),
-        Ok((body, format)) => {
-            match exposition::parse_bytes(&body, format, scrape_ms, &ParseLimits::default()) {
-                Err(e) => Err((e.reason(), e.to_string(), 0)),
-                Ok(expo) => {
-                    let scraped = expo.sample_count();
-                    append::samples(&expo, target, job, scrape_ms, cache)
-                        .map(|p| (p, scraped))
-                        .map_err(|e| (e.reason(), e.to_string(), scraped))
-                }
-            }
-        }
+        Ok((body, format)) => append::samples(&body, format, target, job, scrape_ms, cache)
+            .map_err(|(e, scraped)| (e.reason(), e.to_string(), scraped)),
     };
     let duration = started.elapsed().as_secs_f64();
-    let (points, error, scraped) = match result {
-        Ok((points, scraped)) => (Some(points), None, scraped),
+    let (samples, error, scraped) = match result {
+        Ok(s) => (Some(s.samples), None, s.scraped),
         Err((reason, message, scraped)) => {
             shared.stats.scrapes_failed.add(reason, 1);
             (None, Some(message), scraped)
         }
     };
-    let (out, report) = cache.scrape(&target.labels, scrape_ms, duration, scraped, points);
+    let (out, report) = cache.scrape(scrape_ms, duration, scraped, samples);
     shared.stats.samples.add(report.post_relabel as u64);
     if let Ok(mut s) = status.lock() {
         s.health = if report.up { Health::Up } else { Health::Down };
@@ -214,11 +208,15 @@ async fn scrape_once(
     out
 }
 
-async fn write(shared: &LoopShared, agent_id: &str, sequence: &mut u64, points: Vec<Point>) {
+/// Writes `batches` to the sink, validating those not `validated` yet; returns whether all of
+/// them were valid.
+async fn write(shared: &LoopShared, agent_id: &str, batches: &[Batch], validated: bool) -> bool {
     let limits = sonde_common::model::Limits::default();
-    for batch in append::batches(points, agent_id, sequence) {
+    let mut valid = true;
+    for batch in batches {
         // The route takes validated batches only; target labels come from discovery.
-        if let Err(e) = batch.validate(&limits) {
+        if !validated && let Err(e) = batch.validate(&limits) {
+            valid = false;
             shared.stats.write_failures.inc();
             tracing::warn!(agent_id, error = %e, "scrape: dropping an invalid batch");
             continue;
@@ -228,6 +226,7 @@ async fn write(shared: &LoopShared, agent_id: &str, sequence: &mut u64, points: 
             tracing::warn!(agent_id, error = %e, "scrape: cannot write scraped samples");
         }
     }
+    valid
 }
 
 #[cfg(test)]
