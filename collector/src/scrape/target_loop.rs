@@ -5,6 +5,12 @@
 //! Slots are aligned on wall-clock time: `k * interval + offset`, the offset a hash of the
 //! target key. Every pool member computes the same slots, so during a hand-over the old and
 //! the new owner scrape at the same moments.
+//!
+//! Writes, unlike scrapes, wait for a shared wall-clock tick ([`WRITE_TICK_MS`]): the store
+//! makes each write durable with one fsync per group of writes queued together, and targets
+//! spread over the interval would otherwise each pay their own. Nobody waits on a scraped
+//! sample's acknowledgement, so the tick costs only visibility: a scraped sample is queryable
+//! at most one tick later than it would be.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +77,17 @@ pub struct LoopHandle {
     /// When set, the loop scrapes until then and ends with stale markers (hand-over).
     pub retire: watch::Sender<Option<Instant>>,
     pub done: Arc<AtomicBool>,
+}
+
+/// Writes of scraped samples are aligned on this wall-clock tick, or a tenth of the scrape
+/// interval when that is shorter.
+pub const WRITE_TICK_MS: i64 = 100;
+
+/// How long a write ready at `now_ms` waits for the next write tick (zero on a tick).
+pub fn until_write_tick(now_ms: i64, interval: Duration) -> Duration {
+    let tick = WRITE_TICK_MS.min(interval.as_millis() as i64 / 10).max(1);
+    let past = now_ms.rem_euclid(tick);
+    Duration::from_millis(if past == 0 { 0 } else { (tick - past) as u64 })
 }
 
 /// The next slot of a target strictly after `now_ms`.
@@ -149,6 +166,12 @@ async fn run(
         }
         let output = scrape_once(shared, job, target, status, &mut cache).await;
         let (batches, validated) = cache.batches(&output, &agent_id, &mut sequence);
+        let wait = until_write_tick(sonde_common::model::now_ms(), target.interval);
+        tokio::select! {
+            // Shutting down: write at once, the samples are scraped.
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
         let valid = write(shared, &agent_id, &batches, validated).await;
         cache.recycle(batches, valid);
     }
@@ -231,8 +254,26 @@ async fn write(shared: &LoopShared, agent_id: &str, batches: &[Batch], validated
 
 #[cfg(test)]
 mod tests {
-    use super::next_slot_ms;
+    use super::{next_slot_ms, until_write_tick};
     use std::time::Duration;
+
+    #[test]
+    fn writes_wait_for_the_next_tick() {
+        let i = Duration::from_secs(15);
+        assert_eq!(until_write_tick(1_000_000, i), Duration::ZERO);
+        assert_eq!(until_write_tick(1_000_001, i), Duration::from_millis(99));
+        assert_eq!(until_write_tick(1_000_099, i), Duration::from_millis(1));
+        // Short intervals shorten the tick to a tenth of them.
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            until_write_tick(1_000_005, short),
+            Duration::from_millis(15)
+        );
+        assert_eq!(
+            until_write_tick(1_000_005, Duration::from_millis(1)),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn slots_are_aligned_and_in_the_future() {
