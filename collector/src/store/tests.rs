@@ -664,6 +664,90 @@ async fn append_throughput() {
 }
 
 #[tokio::test]
+async fn a_senders_repeated_series_land_where_they_belong() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a: &[(&str, &str)] = &[("job", "a")];
+    let b: &[(&str, &str)] = &[("job", "b")];
+    let c: &[(&str, &str)] = &[("job", "c")];
+    // The same series in the same order (slots remembered), then reordered, then one
+    // replaced, then the first shape again: every sample in its own series.
+    store
+        .append(&batch(&[
+            ("up", a, &[(1000, 1.0)]),
+            ("up", b, &[(1000, 2.0)]),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(store.inner.shapes.len(), 1);
+    store
+        .append(&batch(&[
+            ("up", a, &[(2000, 1.0)]),
+            ("up", b, &[(2000, 2.0)]),
+        ]))
+        .await
+        .unwrap();
+    store
+        .append(&batch(&[
+            ("up", b, &[(3000, 2.0)]),
+            ("up", a, &[(3000, 1.0)]),
+        ]))
+        .await
+        .unwrap();
+    store
+        .append(&batch(&[
+            ("up", a, &[(4000, 1.0)]),
+            ("up", c, &[(4000, 3.0)]),
+        ]))
+        .await
+        .unwrap();
+    store
+        .append(&batch(&[
+            ("up", a, &[(5000, 1.0)]),
+            ("up", b, &[(5000, 2.0)]),
+        ]))
+        .await
+        .unwrap();
+    let got = store.select(&[Matcher::equal("__name__", "up")], 0, 10_000);
+    let by_job: Vec<(String, Vec<(i64, f64)>)> = got
+        .iter()
+        .map(|s| {
+            (
+                s.series.to_string(),
+                s.samples
+                    .iter()
+                    .map(|x| (x.timestamp_ms, x.value))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_job,
+        [
+            (
+                r#"up{job="a"}"#.to_owned(),
+                (1..=5).map(|i| (i * 1000, 1.0)).collect::<Vec<_>>()
+            ),
+            (
+                r#"up{job="b"}"#.to_owned(),
+                vec![(1000, 2.0), (2000, 2.0), (3000, 2.0), (5000, 2.0)]
+            ),
+            (r#"up{job="c"}"#.to_owned(), vec![(4000, 3.0)]),
+        ]
+    );
+    // Across a restart (new slots), the same sender's series still land right.
+    store.close();
+    let store = open(dir.path());
+    store
+        .append(&batch(&[("up", c, &[(6000, 3.0)])]))
+        .await
+        .unwrap();
+    let c_samples = store.select(&[Matcher::equal("job", "c")], 0, 10_000);
+    assert_eq!(c_samples.len(), 1);
+    assert_eq!(c_samples[0].samples.len(), 2);
+}
+
+#[tokio::test]
 async fn tenants_are_namespaces() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
