@@ -391,18 +391,30 @@ fn three_collectors_share_targets_take_over_and_rebalance() {
         }
     }
 
-    // A fourth collector joins: 15% to 35% of the targets move to it, none is dropped.
+    // A replacement brings the pool back to three; then a fourth collector joins: 15% to 35%
+    // of the targets move, all of them to the newcomer, none is dropped.
     collectors.push(start_collector(etcd, &config));
     std::thread::sleep(INTERVAL * 4);
+    let three = owners(&targets, INTERVAL * 2);
+    let live: HashSet<&String> = three.iter().collect();
+    assert_eq!(live.len(), 3, "three collectors scrape again: {live:?}");
+    let fourth = start_collector(etcd, &config);
+    let fourth_url = format!("http://127.0.0.1:{}", fourth.port);
+    collectors.push(fourth);
+    std::thread::sleep(INTERVAL * 4);
     let after_join = owners(&targets, INTERVAL * 2);
-    let moved = after_kill
-        .iter()
-        .zip(&after_join)
-        .filter(|(a, b)| a != b)
-        .count();
+    let mut moves: BTreeMap<(&String, &String), usize> = BTreeMap::new();
+    for (a, b) in three.iter().zip(&after_join).filter(|(a, b)| a != b) {
+        *moves.entry((a, b)).or_default() += 1;
+    }
+    let moved: usize = moves.values().sum();
     assert!(
         (TARGETS * 15 / 100..=TARGETS * 35 / 100).contains(&moved),
-        "{moved} of {TARGETS} targets moved when the fourth collector joined"
+        "{moved} of {TARGETS} targets moved when the fourth collector joined: {moves:?}"
+    );
+    assert!(
+        moves.keys().all(|(_, to)| **to == fourth_url),
+        "targets moved between the members that stayed: {moves:?}"
     );
 
     // A target deregisters: no more scrapes, and its series are marked stale.
