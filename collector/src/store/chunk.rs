@@ -366,6 +366,23 @@ impl BitWriter {
     }
 }
 
+/// The 8 bytes from `at` as a big-endian word, zero-padded past the end of `bytes`.
+fn load_be(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..at.saturating_add(8)) {
+        Some(eight) => {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(eight);
+            u64::from_be_bytes(word)
+        }
+        None => {
+            let mut word = [0u8; 8];
+            let tail = bytes.get(at..).unwrap_or(&[]);
+            word[..tail.len()].copy_from_slice(tail);
+            u64::from_be_bytes(word)
+        }
+    }
+}
+
 /// Reads bits most significant first; every read is bounds-checked.
 #[derive(Clone, Debug)]
 struct BitReader<'a> {
@@ -378,23 +395,30 @@ impl<'a> BitReader<'a> {
         Self { bytes, pos: 0 }
     }
 
-    /// Reads `n` (at most 64) bits.
-    fn read_bits(&mut self, mut n: u8) -> Option<u64> {
+    /// Reads `n` (at most 64) bits: one unaligned big-endian load of the 8 bytes under the
+    /// position, plus the low bits of a ninth when the read straddles it.
+    fn read_bits(&mut self, n: u8) -> Option<u64> {
+        if n == 0 {
+            return Some(0);
+        }
         let end = self.pos.checked_add(usize::from(n))?;
         if n > 64 || end > self.bytes.len().checked_mul(8)? {
             return None;
         }
-        let mut v = 0u64;
-        while n > 0 {
-            let byte = *self.bytes.get(self.pos / 8)?;
-            let used = (self.pos % 8) as u8;
-            let avail = 8 - used;
-            let take = n.min(avail);
-            let part = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
-            v = (v << take) | u64::from(part);
-            self.pos += usize::from(take);
-            n -= take;
-        }
+        let first = self.pos / 8;
+        let used = (self.pos % 8) as u32;
+        let word = load_be(self.bytes, first);
+        let n = u32::from(n);
+        let v = if n <= 64 - used {
+            (word << used) >> (64 - n)
+        } else {
+            // 1 to 7 bits from the ninth byte (it exists: `end` is within the slice).
+            let rest = n - (64 - used);
+            let low = word & (u64::MAX >> used);
+            let ninth = u64::from(*self.bytes.get(first + 8)?);
+            (low << rest) | (ninth >> (8 - rest))
+        };
+        self.pos = end;
         Some(v)
     }
 
@@ -571,6 +595,18 @@ mod tests {
         }
     }
 
+    /// `n` bits at bit `pos`, most significant first, one bit at a time (the reference).
+    fn bit_by_bit(bytes: &[u8], pos: usize, n: u8) -> Option<u64> {
+        if n > 64 || pos + usize::from(n) > bytes.len() * 8 {
+            return None;
+        }
+        let mut v = 0u64;
+        for i in pos..pos + usize::from(n) {
+            v = (v << 1) | u64::from((bytes[i / 8] >> (7 - i % 8)) & 1);
+        }
+        Some(v)
+    }
+
     proptest! {
         #[test]
         fn arbitrary_samples_round_trip(samples in proptest::collection::vec((any::<i64>(), any::<u64>()), 0..300)) {
@@ -597,6 +633,24 @@ mod tests {
                 expected.push((t, v.to_bits()));
             }
             prop_assert_eq!(decode(c.bytes()), expected);
+        }
+
+        #[test]
+        fn word_reads_agree_with_bit_by_bit_reads(
+            bytes in proptest::collection::vec(any::<u8>(), 0..40),
+            widths in proptest::collection::vec(0u8..=66, 0..40),
+        ) {
+            let mut fast = BitReader::new(&bytes);
+            let mut pos = 0usize;
+            for n in widths {
+                let got = fast.read_bits(n);
+                let want = bit_by_bit(&bytes, pos, n);
+                prop_assert_eq!(got, want, "{} bits at {}", n, pos);
+                if want.is_some() {
+                    pos += usize::from(n);
+                }
+                prop_assert_eq!(fast.pos, pos);
+            }
         }
 
         #[test]
