@@ -366,60 +366,109 @@ impl BitWriter {
     }
 }
 
-/// The 8 bytes from `at` as a big-endian word, zero-padded past the end of `bytes`.
-fn load_be(bytes: &[u8], at: usize) -> u64 {
-    match bytes.get(at..at.saturating_add(8)) {
-        Some(eight) => {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(eight);
-            u64::from_be_bytes(word)
-        }
-        None => {
-            let mut word = [0u8; 8];
-            let tail = bytes.get(at..).unwrap_or(&[]);
-            word[..tail.len()].copy_from_slice(tail);
-            u64::from_be_bytes(word)
-        }
-    }
-}
-
-/// Reads bits most significant first; every read is bounds-checked.
+/// Reads bits most significant first, from a 64-bit buffer refilled a word at a time; every
+/// read is bounds-checked and a failed read consumes nothing.
 #[derive(Clone, Debug)]
 struct BitReader<'a> {
     bytes: &'a [u8],
-    pos: usize,
+    /// The first byte of `bytes` not yet in `buf`.
+    next: usize,
+    /// The unread bits, left-aligned; the bits past `avail` are zero.
+    buf: u64,
+    /// How many bits of `buf` are unread (0 to 64).
+    avail: u32,
 }
 
 impl<'a> BitReader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
+        Self {
+            bytes,
+            next: 0,
+            buf: 0,
+            avail: 0,
+        }
     }
 
-    /// Reads `n` (at most 64) bits: one unaligned big-endian load of the 8 bytes under the
-    /// position, plus the low bits of a ninth when the read straddles it.
+    /// Bits read so far.
+    #[cfg(test)]
+    fn pos(&self) -> usize {
+        self.next * 8 - self.avail as usize
+    }
+
+    /// Tops the buffer up to at least 57 unread bits, or to the end of the bytes.
+    fn refill(&mut self) {
+        let take = (64 - self.avail) / 8;
+        if take == 0 {
+            return;
+        }
+        if let Some(eight) = self.bytes.get(self.next..self.next.saturating_add(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(eight);
+            let word = u64::from_be_bytes(word);
+            let filled = self.avail + take * 8;
+            let keep = if filled == 64 {
+                u64::MAX
+            } else {
+                !(u64::MAX >> filled)
+            };
+            self.buf |= (word >> self.avail) & keep;
+            self.avail = filled;
+            self.next += take as usize;
+        } else {
+            while self.avail <= 56 {
+                let Some(&byte) = self.bytes.get(self.next) else {
+                    break;
+                };
+                self.buf |= u64::from(byte) << (56 - self.avail);
+                self.avail += 8;
+                self.next += 1;
+            }
+        }
+    }
+
+    /// Takes `n` (1 to `avail`) bits from the buffer.
+    fn take(&mut self, n: u32) -> u64 {
+        let v = self.buf >> (64 - n);
+        self.buf = self.buf.checked_shl(n).unwrap_or(0);
+        self.avail -= n;
+        v
+    }
+
+    /// Reads `n` (at most 64) bits.
     fn read_bits(&mut self, n: u8) -> Option<u64> {
+        let n = u32::from(n);
         if n == 0 {
             return Some(0);
         }
-        let end = self.pos.checked_add(usize::from(n))?;
-        if n > 64 || end > self.bytes.len().checked_mul(8)? {
+        if n > 64 {
             return None;
         }
-        let first = self.pos / 8;
-        let used = (self.pos % 8) as u32;
-        let word = load_be(self.bytes, first);
-        let n = u32::from(n);
-        let v = if n <= 64 - used {
-            (word << used) >> (64 - n)
+        if self.avail < n {
+            self.refill();
+        }
+        if n <= self.avail {
+            return Some(self.take(n));
+        }
+        // More than the buffer holds after a refill: past the end, or a read of 58 to 64 bits
+        // that needs the buffer twice.
+        let remaining = (self.avail as usize)
+            .saturating_add(self.bytes.len().saturating_sub(self.next).saturating_mul(8));
+        if remaining < n as usize {
+            return None;
+        }
+        let high_bits = self.avail;
+        let high = if high_bits == 0 {
+            0
         } else {
-            // 1 to 7 bits from the ninth byte (it exists: `end` is within the slice).
-            let rest = n - (64 - used);
-            let low = word & (u64::MAX >> used);
-            let ninth = u64::from(*self.bytes.get(first + 8)?);
-            (low << rest) | (ninth >> (8 - rest))
+            self.take(high_bits)
         };
-        self.pos = end;
-        Some(v)
+        self.refill();
+        let low_bits = n - high_bits;
+        if low_bits > self.avail {
+            return None;
+        }
+        let low = self.take(low_bits);
+        Some((high << low_bits) | low)
     }
 
     /// Reads an `n`-bit two's complement bucket of the delta-of-delta encoding.
@@ -649,7 +698,7 @@ mod tests {
                 if want.is_some() {
                     pos += usize::from(n);
                 }
-                prop_assert_eq!(fast.pos, pos);
+                prop_assert_eq!(fast.pos(), pos);
             }
         }
 
