@@ -248,12 +248,12 @@ fn over_range(
     let (rt, windows) = ev.select_range(ms, t)?;
     let keep_name = c.func.name == "last_over_time";
     let mut out = Vec::with_capacity(windows.len());
-    for (labels, w) in windows {
+    for (series, w) in windows {
         if let Some(value) = f(w, rt, range) {
             let labels = if keep_name {
-                labels.clone()
+                series.labels.clone()
             } else {
-                labels.without_name()
+                series.unnamed().clone()
             };
             out.push(Elem { labels, value });
         }

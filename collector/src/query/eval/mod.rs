@@ -356,7 +356,7 @@ impl<'a> Evaluator<'a> {
         Ok((
             rt,
             data.iter()
-                .map(|f| (&f.labels, f.window(rt, range)))
+                .map(|f| (f, f.window(rt, range)))
                 .filter(|(_, w)| !w.is_empty())
                 .collect(),
         ))
@@ -396,8 +396,8 @@ impl<'a> Evaluator<'a> {
                 Ok(Value::Matrix(
                     windows
                         .into_iter()
-                        .map(|(labels, w)| RangeSeries {
-                            labels: labels.clone(),
+                        .map(|(series, w)| RangeSeries {
+                            labels: series.labels.clone(),
                             points: w.to_vec(),
                         })
                         .collect(),

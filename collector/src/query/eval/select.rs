@@ -115,9 +115,16 @@ pub struct Fetched {
     /// Where the previous step's window started: steps advance in time, so the next search
     /// gallops forward from here instead of bisecting the whole series again.
     pub cursor: std::cell::Cell<usize>,
+    /// `labels` without the metric name, made once for all steps (see [`Fetched::unnamed`]).
+    pub unnamed: std::cell::OnceCell<Labels>,
 }
 
 impl Fetched {
+    /// The series' labels without `__name__`, as functions return them.
+    pub fn unnamed(&self) -> &Labels {
+        self.unnamed.get_or_init(|| self.labels.without_name())
+    }
+
     /// [`range_window`], searching from the previous step's position.
     pub fn window(&self, rt: i64, range_ms: i64) -> &[Sample] {
         let start = rt.saturating_sub(range_ms);
@@ -202,6 +209,7 @@ pub fn fetch(
                         labels: Labels::from_series(&data.series),
                         samples,
                         cursor: std::cell::Cell::new(0),
+                        unnamed: std::cell::OnceCell::new(),
                     });
                     index.insert(data.series, out.len() - 1);
                 }
@@ -328,6 +336,7 @@ mod tests {
             labels: Labels::from_series(&Series::new("m", std::iter::empty::<(&str, &str)>())),
             samples: data.clone(),
             cursor: std::cell::Cell::new(0),
+            unnamed: std::cell::OnceCell::new(),
         };
         // Forwards in uneven steps, then jumps back, then past the end.
         let times: Vec<i64> = (0..700)

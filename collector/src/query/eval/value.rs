@@ -8,11 +8,11 @@ use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 use std::sync::Arc;
 
-/// A label set, sorted by name, `__name__` included like any label; no empty values. The
-/// strings are shared (`Arc<str>`): evaluation copies label sets at every step, and a copy
-/// then costs one allocation instead of one per string.
+/// A label set, sorted by name, `__name__` included like any label; no empty values. The set
+/// and its strings are shared: evaluation copies label sets at every step, and a copy is one
+/// reference count; changing a shared set copies it first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(Arc<str>, Arc<str>)>);
+pub struct Labels(Arc<Vec<(Arc<str>, Arc<str>)>>);
 
 impl Labels {
     pub fn from_series(series: &Series) -> Labels {
@@ -29,7 +29,7 @@ impl Labels {
         );
         v.sort();
         v.dedup_by(|a, b| a.0 == b.0);
-        Labels(v)
+        Labels(Arc::new(v))
     }
 
     #[cfg(test)]
@@ -57,16 +57,18 @@ impl Labels {
     pub fn set(&mut self, name: &str, value: &str) {
         match self.0.binary_search_by(|(n, _)| (**n).cmp(name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                Arc::make_mut(&mut self.0).remove(i);
             }
-            Ok(i) => self.0[i].1 = Arc::from(value),
+            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = Arc::from(value),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (Arc::from(name), Arc::from(value))),
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, (Arc::from(name), Arc::from(value))),
         }
     }
 
     pub fn del(&mut self, name: &str) {
-        self.0.retain(|(n, _)| &**n != name);
+        if self.0.iter().any(|(n, _)| &**n == name) {
+            Arc::make_mut(&mut self.0).retain(|(n, _)| &**n != name);
+        }
     }
 
     pub fn drop_name(&mut self) {
@@ -81,24 +83,24 @@ impl Labels {
 
     /// Only the labels in `names`.
     pub fn keep(&self, names: &[String]) -> Labels {
-        Labels(
+        Labels(Arc::new(
             self.0
                 .iter()
                 .filter(|(n, _)| names.iter().any(|k| **k == **n))
                 .cloned()
                 .collect(),
-        )
+        ))
     }
 
     /// All labels but those in `names`.
     pub fn remove(&self, names: &[String]) -> Labels {
-        Labels(
+        Labels(Arc::new(
             self.0
                 .iter()
                 .filter(|(n, _)| !names.iter().any(|k| **k == **n))
                 .cloned()
                 .collect(),
-        )
+        ))
     }
 }
 
@@ -117,7 +119,7 @@ impl fmt::Display for Labels {
 }
 
 /// Per series, its samples in a range window.
-pub(crate) type Windows<'d> = Vec<(&'d Labels, &'d [Sample])>;
+pub(crate) type Windows<'d> = Vec<(&'d super::select::Fetched, &'d [Sample])>;
 
 /// One element of an instant vector.
 #[derive(Debug, Clone, PartialEq)]
