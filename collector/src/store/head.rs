@@ -689,6 +689,16 @@ impl Head {
         out
     }
 
+    /// The identities of the series [`Head::series`] returns, unsorted and borrowed.
+    pub(crate) fn live_series<'h>(
+        &'h self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> impl Iterator<Item = &'h Series> {
+        self.live(matchers, start, end).map(|s| &s.series)
+    }
+
     pub(crate) fn series(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
         let mut out: Vec<Series> = self
             .live(matchers, start, end)

@@ -591,6 +591,32 @@ impl Store {
         out.into_iter().map(without_tenant).collect()
     }
 
+    /// How many series [`Store::series_tenant`] would return, without copying them.
+    pub fn count_series_tenant(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> usize {
+        let matchers = scoped(tenant, matchers);
+        let blocks = self.blocks_in(start_ms, end_ms);
+        let head = self.read();
+        let live = head.live_series(&matchers, start_ms, end_ms);
+        if blocks.is_empty() {
+            // The head holds each series once.
+            return live.count();
+        }
+        let mut all: Vec<&Series> = blocks
+            .iter()
+            .flat_map(|b| b.series(&matchers, start_ms, end_ms))
+            .chain(live)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    }
+
     /// Sorted unique label names (including `__name__`) of the series matching (all series if
     /// `matchers` is empty) with samples in `[start_ms, end_ms]`.
     pub fn label_names(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<String> {

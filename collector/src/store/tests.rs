@@ -898,6 +898,21 @@ async fn cut_blocks_answer_queries_and_survive_reopen() {
         store.series(&[Matcher::equal("job", "gone")], 0, 10_000),
         [Series::new("old", [("job", "gone")])]
     );
+    // Counting agrees with listing, for series in blocks, in the head and in both.
+    for (tenant, range) in [
+        ("", (0, 10_000)),
+        ("", (0, 400)),
+        ("", (9_000, 9_999)),
+        ("t1", (0, 10_000)),
+    ] {
+        let listed = store.series_tenant(tenant, &[], range.0, range.1).len();
+        assert!(listed > 0, "{tenant:?} {range:?}");
+        assert_eq!(
+            store.count_series_tenant(tenant, &[], range.0, range.1),
+            listed,
+            "{tenant:?} {range:?}"
+        );
+    }
     assert!(store.label_names(&[], 0, 600).contains(&"job".to_owned()));
     assert!(
         store

@@ -90,7 +90,8 @@ impl SeriesSource for Reader<'_> {
     }
 
     fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
-        self.series(matchers, start_ms, end_ms).len()
+        self.store
+            .count_series_tenant(self.tenant, matchers, start_ms, end_ms)
     }
 }
 
