@@ -254,6 +254,7 @@ impl<'a> ChunkIter<'a> {
         self.corrupt
     }
 
+    #[inline(always)]
     fn decode_next(&mut self) -> Option<Sample> {
         match self.read {
             0 => {
@@ -285,6 +286,7 @@ impl<'a> ChunkIter<'a> {
         Some(Sample::new(self.t, f64::from_bits(self.v)))
     }
 
+    #[inline(always)]
     fn read_value(&mut self) -> Option<()> {
         if self.r.read_bits(1)? == 0 {
             return Some(());
@@ -427,6 +429,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// Takes `n` (1 to `avail`) bits from the buffer.
+    #[inline(always)]
     fn take(&mut self, n: u32) -> u64 {
         let v = self.buf >> (64 - n);
         self.buf = self.buf.checked_shl(n).unwrap_or(0);
@@ -434,7 +437,9 @@ impl<'a> BitReader<'a> {
         v
     }
 
-    /// Reads `n` (at most 64) bits.
+    /// Reads `n` (at most 64) bits. Inlined: most calls read a constant 1 to 6 bits, and the
+    /// buffer check then folds to one compare.
+    #[inline(always)]
     fn read_bits(&mut self, n: u8) -> Option<u64> {
         let n = u32::from(n);
         if n == 0 {
@@ -449,8 +454,14 @@ impl<'a> BitReader<'a> {
         if n <= self.avail {
             return Some(self.take(n));
         }
-        // More than the buffer holds after a refill: past the end, or a read of 58 to 64 bits
-        // that needs the buffer twice.
+        self.read_across(n)
+    }
+
+    /// The rest of [`BitReader::read_bits`] when a refilled buffer holds fewer than `n` bits:
+    /// past the end, or a read of 58 to 64 bits that needs the buffer twice.
+    #[cold]
+    #[inline(never)]
+    fn read_across(&mut self, n: u32) -> Option<u64> {
         let remaining = (self.avail as usize)
             .saturating_add(self.bytes.len().saturating_sub(self.next).saturating_mul(8));
         if remaining < n as usize {
