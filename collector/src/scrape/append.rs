@@ -818,8 +818,8 @@ mod tests {
         assert_eq!(second.value("b{instance=\"h:1\",job=\"j\"}"), Some(4.0));
         assert!(second.points.iter().all(|p| p.2 == 2000));
         assert_eq!(second.report.added, 0);
-        let up = "scrape_samples_scraped{instance=\"h:1\",job=\"j\"}";
-        assert_eq!(second.value(up), Some(2.0));
+        let scraped = "scrape_samples_scraped{instance=\"h:1\",job=\"j\"}";
+        assert_eq!(second.value(scraped), Some(2.0));
         // Another order, a new series, a change of kind: built anew, and right.
         let w = scrape(&mut cache, &t, &j, Some("b 5\na 6\n"), 3000).unwrap();
         assert!(!w.refilled);

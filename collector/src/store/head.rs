@@ -700,10 +700,7 @@ impl Head {
     }
 
     pub(crate) fn series(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
-        let mut out: Vec<Series> = self
-            .live(matchers, start, end)
-            .map(|s| s.series.clone())
-            .collect();
+        let mut out: Vec<Series> = self.live_series(matchers, start, end).cloned().collect();
         out.sort_unstable();
         out
     }

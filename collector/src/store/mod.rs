@@ -410,7 +410,9 @@ impl Store {
             .then(|| self.inner.shapes.take(tenant, sender))
             .flatten()
             .filter(|shape| shape.matches(batch));
-        let mut slots: Vec<Slot> = Vec::new();
+        // The slots of a batch whose shape is new, to remember it.
+        let record = remember && known.is_none();
+        let mut slots: Vec<Slot> = Vec::with_capacity(if record { batch.series.len() } else { 0 });
         let mut missing: Vec<(usize, u64)> = Vec::new();
         {
             let head = self.read();
@@ -422,7 +424,9 @@ impl Store {
                             head.identity_hash(view.name(), with_tenant(view.labels(), tenant));
                         let slot =
                             head.lookup(hash, view.name(), || with_tenant(view.labels(), tenant));
-                        slots.push(slot.unwrap_or(Slot::MAX));
+                        if record {
+                            slots.push(slot.unwrap_or(Slot::MAX));
+                        }
                         if slot.is_none() {
                             missing.push((i, hash));
                         }
@@ -456,7 +460,9 @@ impl Store {
                 let slot = head
                     .get_or_create(hash, view.name(), || with_tenant(view.labels(), tenant))
                     .map_err(|_| StoreError::TooManySeries)?;
-                slots[i] = slot;
+                if let Some(remembered) = slots.get_mut(i) {
+                    *remembered = slot;
+                }
                 encode_samples(
                     &head,
                     slot,

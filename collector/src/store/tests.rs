@@ -680,34 +680,15 @@ async fn a_senders_repeated_series_land_where_they_belong() {
         .await
         .unwrap();
     assert_eq!(store.inner.shapes.len(), 1);
-    store
-        .append(&batch(&[
-            ("up", a, &[(2000, 1.0)]),
-            ("up", b, &[(2000, 2.0)]),
-        ]))
-        .await
-        .unwrap();
-    store
-        .append(&batch(&[
-            ("up", b, &[(3000, 2.0)]),
-            ("up", a, &[(3000, 1.0)]),
-        ]))
-        .await
-        .unwrap();
-    store
-        .append(&batch(&[
-            ("up", a, &[(4000, 1.0)]),
-            ("up", c, &[(4000, 3.0)]),
-        ]))
-        .await
-        .unwrap();
-    store
-        .append(&batch(&[
-            ("up", a, &[(5000, 1.0)]),
-            ("up", b, &[(5000, 2.0)]),
-        ]))
-        .await
-        .unwrap();
+    let later: [[Entry<'_>; 2]; 4] = [
+        [("up", a, &[(2000, 1.0)]), ("up", b, &[(2000, 2.0)])],
+        [("up", b, &[(3000, 2.0)]), ("up", a, &[(3000, 1.0)])],
+        [("up", a, &[(4000, 1.0)]), ("up", c, &[(4000, 3.0)])],
+        [("up", a, &[(5000, 1.0)]), ("up", b, &[(5000, 2.0)])],
+    ];
+    for entries in later {
+        store.append(&batch(&entries)).await.unwrap();
+    }
     let got = store.select(&[Matcher::equal("__name__", "up")], 0, 10_000);
     let by_job: Vec<(String, Vec<(i64, f64)>)> = got
         .iter()

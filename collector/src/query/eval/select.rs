@@ -114,12 +114,21 @@ pub struct Fetched {
     pub samples: Vec<Sample>,
     /// Where the previous step's window started: steps advance in time, so the next search
     /// gallops forward from here instead of bisecting the whole series again.
-    pub cursor: std::cell::Cell<usize>,
+    cursor: std::cell::Cell<usize>,
     /// `labels` without the metric name, made once for all steps (see [`Fetched::unnamed`]).
-    pub unnamed: std::cell::OnceCell<Labels>,
+    unnamed: std::cell::OnceCell<Labels>,
 }
 
 impl Fetched {
+    pub fn new(labels: Labels, samples: Vec<Sample>) -> Self {
+        Fetched {
+            labels,
+            samples,
+            cursor: std::cell::Cell::new(0),
+            unnamed: std::cell::OnceCell::new(),
+        }
+    }
+
     /// The series' labels without `__name__`, as functions return them.
     pub fn unnamed(&self) -> &Labels {
         self.unnamed.get_or_init(|| self.labels.without_name())
@@ -205,12 +214,7 @@ pub fn fetch(
             match index.get(&data.series) {
                 Some(&i) => out[i].samples.extend(samples),
                 None => {
-                    out.push(Fetched {
-                        labels: Labels::from_series(&data.series),
-                        samples,
-                        cursor: std::cell::Cell::new(0),
-                        unnamed: std::cell::OnceCell::new(),
-                    });
+                    out.push(Fetched::new(Labels::from_series(&data.series), samples));
                     index.insert(data.series, out.len() - 1);
                 }
             }
@@ -332,12 +336,10 @@ mod tests {
         let data: Vec<Sample> = (0..500)
             .map(|i| s(i * 1000 + (i % 3) * 7, i as f64))
             .collect();
-        let f = Fetched {
-            labels: Labels::from_series(&Series::new("m", std::iter::empty::<(&str, &str)>())),
-            samples: data.clone(),
-            cursor: std::cell::Cell::new(0),
-            unnamed: std::cell::OnceCell::new(),
-        };
+        let f = Fetched::new(
+            Labels::from_series(&Series::new("m", std::iter::empty::<(&str, &str)>())),
+            data.clone(),
+        );
         // Forwards in uneven steps, then jumps back, then past the end.
         let times: Vec<i64> = (0..700)
             .map(|k| k * 733 - 2000)
