@@ -68,6 +68,19 @@ pub struct Cli {
     #[arg(long, env = "SONDE_QUEUE_FSYNC", default_value = "always")]
     pub queue_fsync: String,
 
+    /// When the embedded store's write-ahead log fsyncs: `always` (a 200 means fsynced:
+    /// survives a power loss), or a duration such as `1s` (a 200 means written: survives a
+    /// crash of the collector, like Prometheus's WAL; a power loss loses at most that window),
+    /// or `never`.
+    #[arg(long, env = "SONDE_WAL_FSYNC", default_value = "always")]
+    pub wal_fsync: String,
+
+    /// How long each remote-write sender waits for more batches to fill its requests
+    /// (vmagent's -remoteWrite.flushInterval): the most a sample waits in the queue while the
+    /// storage keeps up. Larger requests cost less CPU per sample on both sides.
+    #[arg(long, env = "SONDE_REMOTE_WRITE_FLUSH_INTERVAL", default_value = "1s")]
+    pub remote_write_flush_interval: String,
+
     /// Bearer tokens, one per line: `TOKEN TENANT SCOPES` (scopes: write, read, admin,
     /// comma-separated). Every endpoint but /healthz and /readyz then needs a token with the
     /// right scope, and each tenant sees only its own data. Re-read on change and on SIGHUP.

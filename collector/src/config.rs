@@ -40,6 +40,7 @@ pub struct StorageConfig {
     pub block_range: Duration,
     pub out_of_order_window: Duration,
     pub maintenance_interval: Duration,
+    pub wal_fsync: crate::queue::FsyncPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -100,11 +101,28 @@ pub struct Config {
     pub remote_write: Vec<hyper::Uri>,
     pub queue_max_bytes: u64,
     pub queue_fsync: crate::queue::FsyncPolicy,
+    pub remote_write_flush_interval: Duration,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
     pub alerting: AlertingConfig,
     pub scrape: ScrapeSettings,
+}
+
+fn fsync_policy(flag: &'static str, value: &str) -> Result<crate::queue::FsyncPolicy, ConfigError> {
+    Ok(match value.trim() {
+        "always" => crate::queue::FsyncPolicy::Always,
+        "never" => crate::queue::FsyncPolicy::Never,
+        other => match duration(flag, other)? {
+            d if d.is_zero() => {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    reason: "use `always`, `never` or a positive duration".to_owned(),
+                });
+            }
+            d => crate::queue::FsyncPolicy::Interval(d),
+        },
+    })
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -184,6 +202,7 @@ impl TryFrom<Cli> for Config {
                 retention: duration("retention", &cli.retention)?,
                 retention_bytes: cli.retention_size,
                 out_of_order_window: duration("out-of-order-window", &cli.out_of_order_window)?,
+                wal_fsync: fsync_policy("wal-fsync", &cli.wal_fsync)?,
                 maintenance_interval: match duration(
                     "maintenance-interval",
                     &cli.maintenance_interval,
@@ -227,11 +246,11 @@ impl TryFrom<Cli> for Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             queue_max_bytes: cli.queue_max_bytes,
-            queue_fsync: match cli.queue_fsync.trim() {
-                "always" => crate::queue::FsyncPolicy::Always,
-                "never" => crate::queue::FsyncPolicy::Never,
-                other => crate::queue::FsyncPolicy::Interval(duration("queue-fsync", other)?),
-            },
+            queue_fsync: fsync_policy("queue-fsync", &cli.queue_fsync)?,
+            remote_write_flush_interval: duration(
+                "remote-write-flush-interval",
+                &cli.remote_write_flush_interval,
+            )?,
             tls: match (cli.tls_cert, cli.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsConfig {
                     cert,
@@ -345,6 +364,23 @@ mod tests {
         let err = parse(&["--listen", "0.0.0.0:9470"]).unwrap_err();
         assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
         assert!(parse(&["--listen", "0.0.0.0:9470", "--insecure-no-auth"]).is_ok());
+    }
+
+    #[test]
+    fn wal_fsync_policies() {
+        use crate::queue::FsyncPolicy;
+        assert_eq!(parse(&[]).unwrap().storage.wal_fsync, FsyncPolicy::Always);
+        assert_eq!(
+            parse(&["--wal-fsync", "500ms"]).unwrap().storage.wal_fsync,
+            FsyncPolicy::Interval(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse(&["--wal-fsync", "never"]).unwrap().storage.wal_fsync,
+            FsyncPolicy::Never
+        );
+        let err = parse(&["--wal-fsync", "0s"]).unwrap_err().to_string();
+        assert!(err.contains("wal-fsync"), "{err}");
+        assert!(parse(&["--wal-fsync", "sometimes"]).is_err());
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub async fn run(
                 block_range: storage.block_range,
                 out_of_order_window: storage.out_of_order_window,
                 maintenance_interval: storage.maintenance_interval,
+                wal_fsync: storage.wal_fsync,
                 ..StoreConfig::new(dir)
             })
         }
@@ -254,6 +255,7 @@ pub async fn run(
         cfg.drain_timeout = config.drain_timeout;
         cfg.queue.max_bytes = config.queue_max_bytes;
         cfg.queue.fsync = config.queue_fsync;
+        cfg.flush_interval = config.remote_write_flush_interval;
         let (sink, report) = tokio::task::spawn_blocking(move || RemoteWriteSink::open(cfg))
             .await?
             .map_err(RunError::Sink)?;

@@ -477,6 +477,52 @@ async fn records_still_queued_at_shutdown_are_delivered_after_a_restart() {
     assert_stored(&vm, "rwrestart", &expected(&data)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_arriving_within_the_flush_interval_leave_in_one_request() {
+    let vm = victoria_metrics(free_port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = open_sink(RemoteWriteConfig {
+        shards: 1,
+        max_samples_per_send: 10_000,
+        flush_interval: Duration::from_secs(3),
+        ..sink_config(vm.write_url(), dir.path())
+    });
+    let shutdown = CancellationToken::new();
+    let task = sink.clone().start(shutdown.clone());
+    let data = batches("rwlinger");
+    // Spaced out: a sender that did not wait for more would send each on its own.
+    for b in &data {
+        sink.enqueue(b, None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want = sample_count(&data);
+    wait_for(
+        "every sample acknowledged",
+        Duration::from_secs(20),
+        async || sink.stats().samples_sent.get() == want,
+    )
+    .await;
+    assert_eq!(data.len(), 3);
+    assert_eq!(
+        sink.stats().requests.total(),
+        1,
+        "one request for the three batches"
+    );
+    assert_stored(&vm, "rwlinger", &expected(&data)).await;
+    // Draining does not wait: a batch queued at shutdown leaves at once.
+    let more = batches("rwlinger2");
+    sink.enqueue(&more[0], None).await.unwrap();
+    let started = std::time::Instant::now();
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(sink.queue_stats().records, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the drain waited {:?}",
+        started.elapsed()
+    );
+}
+
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 /// A tiny receiver on 127.0.0.1:0 that answers every request with 400 and a reason, and keeps

@@ -281,6 +281,9 @@ impl RecordId {
 pub struct Record {
     pub id: RecordId,
     pub data: Bytes,
+    /// What the pusher attached to the record for a reader that takes it straight from
+    /// memory ([`DiskQueue::push_with`]); never written, so `None` once read from disk.
+    pub companion: Option<Bytes>,
 }
 
 /// A position with its logical offset.
@@ -392,12 +395,21 @@ impl DiskQueue {
     /// durable per the fsync policy. Dropping the future after the records were handed to the
     /// writer does not undo them.
     pub async fn push(&self, records: &[Bytes]) -> Result<(), QueueError> {
+        let records: Vec<(Bytes, Option<Bytes>)> =
+            records.iter().map(|r| (r.clone(), None)).collect();
+        self.push_with(&records).await
+    }
+
+    /// [`DiskQueue::push`] of records that each may carry a companion: bytes in another form
+    /// (say, decoded) that a reader gets along with the record if the record reaches it from
+    /// memory, when the reader had caught up. Only the records are stored.
+    pub async fn push_with(&self, records: &[(Bytes, Option<Bytes>)]) -> Result<(), QueueError> {
         if records.is_empty() {
             return Ok(());
         }
         let shared = &self.inner.shared;
         let mut bytes = 0u64;
-        for r in records {
+        for (r, _) in records {
             if r.len() > MAX_RECORD_BYTES {
                 return Err(QueueError::TooLarge {
                     bytes: r.len() as u64,
@@ -438,12 +450,13 @@ impl DiskQueue {
             st.reserved += bytes;
         }
         let mut frames = Vec::with_capacity(bytes as usize);
-        for r in records {
+        for (r, _) in records {
             format::encode_record(&mut frames, r);
         }
         let (reply, answer) = oneshot::channel();
         let request = PushRequest {
             frames,
+            payloads: records.to_vec(),
             records: records.len() as u64,
             reply,
         };

@@ -25,6 +25,20 @@ impl FileReader {
         Self { cursor, open: None }
     }
 
+    /// Where the next fill starts.
+    pub(crate) fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Continues after `cursor` in the same segment: the records before it were handed to
+    /// the readers without being read here.
+    pub(crate) fn skip_to(&mut self, cursor: Cursor) {
+        debug_assert_eq!(cursor.pos.segment, self.cursor.pos.segment);
+        self.cursor = cursor;
+        // The scanner (if open) is still before the skipped records.
+        self.open = None;
+    }
+
     fn move_to(&mut self, (segment, base): (u64, u64)) {
         self.cursor = Cursor {
             pos: Position { segment, offset: 0 },
@@ -122,6 +136,7 @@ pub(crate) fn fill(shared: &Shared) {
                         logical: base + offset,
                     },
                     data,
+                    companion: None,
                 });
                 reader.cursor = Cursor {
                     pos: Position {

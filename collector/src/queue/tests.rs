@@ -771,3 +771,46 @@ async fn throughput() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_caught_up_reader_gets_records_with_companions_from_memory_and_from_disk_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = open(config(dir.path()));
+    let with = |i: usize| (rec(i), Some(Bytes::from(format!("companion {i}"))));
+    // Nothing read yet: the reader is at the start, so the first push is handed over.
+    q.push_with(&[with(1), with(2)]).await.unwrap();
+    let a = q.try_next().await.unwrap();
+    let b = q.try_next().await.unwrap();
+    assert_eq!((a.data.clone(), a.companion.clone()), with(1));
+    assert_eq!((b.data.clone(), b.companion.clone()), with(2));
+    assert!(q.try_next().await.is_none());
+    // The reader has not taken the previous push: this one stays on disk and is read back
+    // without its companion, after the one before it.
+    q.push_with(&[with(3)]).await.unwrap();
+    q.push_with(&[with(4)]).await.unwrap();
+    let c = q.try_next().await.unwrap();
+    assert_eq!(c.companion.as_deref(), Some(&b"companion 3"[..]));
+    let d = q.try_next().await.unwrap();
+    assert_eq!((d.data.clone(), d.companion.clone()), (rec(4), None));
+    // Handed-over records are acked and counted like any other: after a restart only the
+    // unacked ones come back, from disk, in order.
+    for r in [&a, &b, &c] {
+        q.ack(r.id);
+    }
+    assert_eq!(q.stats().records, 1);
+    q.close();
+    drop(q);
+    let (q, report) = open(config(dir.path()));
+    assert_eq!(report.records, 1);
+    let again = q.try_next().await.unwrap();
+    assert_eq!((again.data, again.companion), (rec(4), None));
+    assert!(q.try_next().await.is_none());
+    // Reading on after a hand-over continues at the right place in the segment.
+    q.push_with(&[with(5)]).await.unwrap();
+    q.push(&[rec(6)]).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(r) = q.try_next().await {
+        rest.push(r.data);
+    }
+    assert_eq!(rest, [rec(5), rec(6)]);
+}

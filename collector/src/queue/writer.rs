@@ -20,7 +20,8 @@ use tokio::sync::oneshot;
 
 use super::format::{self, MAX_SEGMENT_INDEX, POSITION_FILE, POSITION_TMP, Position};
 use super::open::sync_dir;
-use super::{Cursor, FsyncPolicy, QueueConfig, QueueError, Shared};
+use super::{Cursor, FsyncPolicy, QueueConfig, QueueError, Record, RecordId, Shared};
+use bytes::Bytes;
 
 /// A group stops growing past this many bytes.
 const MAX_GROUP_BYTES: usize = 16 << 20;
@@ -45,6 +46,9 @@ impl std::fmt::Debug for Msg {
 /// One push: its framed records and where to send the outcome.
 pub(crate) struct PushRequest {
     pub(crate) frames: Vec<u8>,
+    /// The records' payloads, in order (`frames` holds them framed), handed to a reader that
+    /// has caught up without reading them back from disk.
+    pub(crate) payloads: Vec<(Bytes, Option<Bytes>)>,
     pub(crate) records: u64,
     pub(crate) reply: oneshot::Sender<Result<(), QueueError>>,
 }
@@ -270,7 +274,42 @@ impl Writer {
         let records: u64 = done.iter().map(|r| r.records).sum();
         let bytes: u64 = done.iter().map(|r| r.frames.len() as u64).sum();
         {
+            // Lock order: `reader`, then `state`. A fill in progress has the reader: it reads
+            // these records from disk, as it would without the hand-over.
+            let mut reader = self.shared.reader.try_lock().ok();
             let mut st = self.shared.state();
+            let start = Cursor {
+                pos: Position {
+                    segment: self.index,
+                    offset: self.len - bytes,
+                },
+                logical: self.base + self.len - bytes,
+            };
+            if let Some(reader) = reader.as_mut()
+                && st.ahead.is_empty()
+                && st.read_to == start
+                && reader.cursor() == start
+            {
+                // The reader has read everything before these records and is waiting for
+                // more: hand them over as written instead of reading them back.
+                let mut at = start;
+                for (payload, companion) in done.iter().flat_map(|r| r.payloads.iter()) {
+                    let framed = format::framed_len(payload.len());
+                    st.ahead.push_back(Record {
+                        id: RecordId {
+                            pos: at.pos,
+                            framed,
+                            logical: at.logical,
+                        },
+                        data: payload.clone(),
+                        companion: companion.clone(),
+                    });
+                    at.pos.offset += framed;
+                    at.logical += framed;
+                }
+                reader.skip_to(at);
+                st.read_to = at;
+            }
             st.segments.entry(self.index).or_insert(self.base);
             st.write = Cursor {
                 pos: Position {

@@ -109,6 +109,9 @@ pub struct StoreConfig {
     /// 5 min); older ones are counted as out of order and dropped. Replay applies the same
     /// rule in the same order, so it decides the same.
     pub out_of_order_window: Duration,
+    /// When WAL writes are fsynced (default `Always`: an acknowledged append survives a power
+    /// loss; `Interval(d)`: it survives a crash of the process, and the machine's within `d`).
+    pub wal_fsync: crate::queue::FsyncPolicy,
 }
 
 impl StoreConfig {
@@ -121,6 +124,7 @@ impl StoreConfig {
             retention_bytes: 0,
             maintenance_interval: Duration::from_secs(60),
             out_of_order_window: Duration::from_secs(300),
+            wal_fsync: crate::queue::FsyncPolicy::Always,
         }
     }
 }
@@ -335,7 +339,8 @@ impl Store {
             cfg.wal_segment_bytes,
             wal_bytes.clone(),
             wal_segment.clone(),
-        )?;
+        )?
+        .with_fsync(cfg.wal_fsync)?;
         let head = Arc::new(RwLock::new(head));
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
         let thread = commit::spawn(writer, head.clone(), rx, dir_lock)

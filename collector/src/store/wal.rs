@@ -17,7 +17,10 @@
 //! Record types are extensible: replay skips a type it does not know, with a warning.
 //!
 //! # Writing
-//! [`SegmentWriter`] appends whole groups of records and fsyncs them (`fdatasync`); a new
+//! [`SegmentWriter`] appends whole groups of records and fsyncs them (`fdatasync`) under the
+//! default [`FsyncPolicy::Always`]; under `Interval(d)` a group is written (so it survives a
+//! crash of the process, not of the machine) and a sync thread fsyncs the segment at most `d`
+//! after a write, and a segment is fsynced before the next one is started. A new
 //! segment is created (and the directory fsynced) before a group member's records would take
 //! the current one past the size limit, so a segment only exceeds the limit when one request's
 //! records alone are larger. If a write or fsync fails, the segment is truncated back to its
@@ -33,10 +36,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::StoreError;
+use crate::queue::FsyncPolicy;
 
 pub(crate) const HEADER_LEN: usize = 8;
 pub(crate) const TYPE_SERIES: u8 = 1;
@@ -489,9 +495,93 @@ pub(crate) struct SegmentWriter {
     buf: Vec<u8>,
     /// Set when a failed write could not be undone: no more writes until a restart.
     broken: Option<String>,
+    fsync: FsyncPolicy,
+    /// Written since the last fsync (policies other than `Always`).
+    dirty: Arc<AtomicBool>,
+    /// The timed fsyncs of `Interval`.
+    syncer: Option<Syncer>,
+}
+
+/// The thread that fsyncs the segment being written on the `Interval` policy's timer.
+#[derive(Debug)]
+struct Syncer {
+    /// A handle on the segment being written (replaced at each cut).
+    file: Arc<Mutex<File>>,
+    /// Dropped to stop the thread.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(
+        file: &File,
+        every: Duration,
+        dirty: Arc<AtomicBool>,
+        dir: PathBuf,
+    ) -> io::Result<Self> {
+        let file = Arc::new(Mutex::new(file.try_clone()?));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = file.clone();
+        let thread = std::thread::Builder::new()
+            .name("sonde-store-wal-sync".to_owned())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if !dirty.swap(false, Ordering::AcqRel) {
+                        continue;
+                    }
+                    let f = handle.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = f.sync_data() {
+                        dirty.store(true, Ordering::Release);
+                        tracing::error!(
+                            "cannot fsync the WAL segment being written in {}: {e}; samples written since the last fsync would not survive a crash of the machine",
+                            dir.display()
+                        );
+                    }
+                }
+            })?;
+        Ok(Self {
+            file,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SegmentWriter {
+    fn drop(&mut self) {
+        // What was written is fsynced before the store lets go of it.
+        self.syncer.take();
+        if self.fsync != FsyncPolicy::Never
+            && self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            tracing::error!("cannot fsync WAL segment {}: {e}", self.path().display());
+        }
+    }
 }
 
 impl SegmentWriter {
+    /// Sets when writes are fsynced (see the module docs); the default is `Always`.
+    pub(crate) fn with_fsync(mut self, fsync: FsyncPolicy) -> Result<Self, StoreError> {
+        self.syncer.take();
+        if let FsyncPolicy::Interval(every) = fsync {
+            let syncer = Syncer::start(&self.file, every, self.dirty.clone(), self.dir.clone())
+                .map_err(|e| StoreError::io("start the WAL sync thread", &self.path(), e))?;
+            self.syncer = Some(syncer);
+        }
+        self.fsync = fsync;
+        Ok(self)
+    }
+
     /// Continues segment `index` (creating it if missing) in `dir`. `total` holds the bytes
     /// of all segments already there.
     pub(crate) fn open(
@@ -524,6 +614,9 @@ impl SegmentWriter {
             },
             buf: Vec::new(),
             broken: None,
+            fsync: FsyncPolicy::Always,
+            dirty: Arc::new(AtomicBool::new(false)),
+            syncer: None,
         })
     }
 
@@ -577,21 +670,29 @@ impl SegmentWriter {
         }
     }
 
-    /// Writes and fsyncs `self.buf`; on failure, truncates the segment back to its durable
-    /// length.
+    /// Writes `self.buf` (and fsyncs it under `Always`); on failure, truncates the segment
+    /// back to its durable length.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let always = self.fsync == FsyncPolicy::Always;
         let result = io::Write::write_all(&mut self.file, &self.buf)
             .map_err(|e| StoreError::io("write WAL segment", &self.path(), e))
             .and_then(|()| {
-                self.file
-                    .sync_data()
-                    .map_err(|e| StoreError::io("fsync WAL segment", &self.path(), e))
+                if always {
+                    self.file
+                        .sync_data()
+                        .map_err(|e| StoreError::io("fsync WAL segment", &self.path(), e))
+                } else {
+                    Ok(())
+                }
             });
         match result {
             Ok(()) => {
+                if !always {
+                    self.dirty.store(true, Ordering::Release);
+                }
                 self.len += self.buf.len() as u64;
                 self.total
                     .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
@@ -619,8 +720,19 @@ impl SegmentWriter {
         }
     }
 
-    /// Starts the next segment. The current one must be durable.
+    /// Starts the next segment, fsyncing the current one first if it has unsynced writes.
     fn cut(&mut self) -> Result<(), StoreError> {
+        if self.fsync != FsyncPolicy::Never && self.dirty.swap(false, Ordering::AcqRel) {
+            // The sync thread may be fsyncing the same file: both finish before the cut.
+            let _guard = self
+                .syncer
+                .as_ref()
+                .map(|s| s.file.lock().unwrap_or_else(PoisonError::into_inner));
+            if let Err(e) = self.file.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(StoreError::io("fsync WAL segment", &self.path(), e));
+            }
+        }
         let next = self
             .index
             .checked_add(1)
@@ -635,6 +747,12 @@ impl SegmentWriter {
             .open(&path)
             .map_err(|e| StoreError::io("create WAL segment", &path, e))?;
         sync_dir(&self.dir)?;
+        if let Some(syncer) = &self.syncer {
+            let handle = file
+                .try_clone()
+                .map_err(|e| StoreError::io("open WAL segment", &path, e))?;
+            *syncer.file.lock().unwrap_or_else(PoisonError::into_inner) = handle;
+        }
         self.file = file;
         self.index = next;
         self.current.store(next, Ordering::Release);
@@ -772,6 +890,42 @@ mod tests {
 
         truncate_segment(&path, 0).unwrap();
         assert_eq!(read_segment(&path, |_| {}).unwrap(), SegmentEnd::Clean);
+    }
+
+    #[test]
+    fn interval_policy_writes_at_once_and_fsyncs_on_its_timer_and_at_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = Arc::new(AtomicU64::new(0));
+        let w = SegmentWriter::open(dir.path(), 1, 1 << 20, total.clone(), Arc::default()).unwrap();
+        let mut w = w
+            .with_fsync(FsyncPolicy::Interval(Duration::from_millis(20)))
+            .unwrap();
+        let req = encode_example();
+        let out = w.write_group([req.as_slice()]);
+        assert_eq!(out.durable, 1);
+        // Written before write_group returned (readable by anyone), fsync still owed.
+        assert_eq!(std::fs::metadata(w.path()).unwrap().len(), req.len() as u64);
+        assert!(w.dirty.load(Ordering::Acquire));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while w.dirty.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sync thread never fsynced"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A cut fsyncs the segment it leaves, and the sync thread follows to the new one.
+        w.write_group([req.as_slice()]);
+        w.cut().unwrap();
+        assert!(!w.dirty.load(Ordering::Acquire));
+        w.write_group([req.as_slice()]);
+        assert_eq!(list_segments(dir.path()).unwrap(), [1, 2]);
+        drop(w);
+        let mut n = 0;
+        for index in [1, 2] {
+            read_segment(&segment_path(dir.path(), index), |_| n += 1).unwrap();
+        }
+        assert!(n >= 3, "{n} records read back");
     }
 
     #[test]

@@ -1,17 +1,16 @@
-//! From native batches to remote-write requests: series to shards by a hash of their identity,
-//! and each shard's series straight to protobuf bodies of at most `max_samples` samples (labels
-//! sorted by name, `__name__` among them). The `TimeSeries`-building path kept under `cfg(test)`
+//! From native batches to remote-write requests: each batch's series encoded once as protobuf
+//! `timeseries` fields tagged with a hash of their identity ([`prepare`], at enqueue), then a
+//! unit's fields dealt to shards by that hash and concatenated into bodies of at most
+//! `max_samples` samples ([`assemble`], at send; labels sorted by name, `__name__` among them). The `TimeSeries`-building path kept under `cfg(test)`
 //! is the obviously correct reference the direct encoder is checked against. Pure functions.
 
 #[cfg(test)]
 use sonde_common::remote_write::{Label, Sample, TimeSeries, WriteRequest};
-#[cfg(test)]
-use sonde_common::wire::Batch;
-use sonde_common::wire::SeriesView;
+use sonde_common::wire::{Batch, SeriesView};
 
-/// The shard a series goes to: FNV-1a over its name and labels, so a series always takes the
-/// same shard, whose requests go out one at a time, in order.
-pub(crate) fn shard_of(view: &SeriesView<'_>, shards: usize) -> usize {
+/// A series' shard hash: FNV-1a over its name and labels, so a series always takes the same
+/// shard, whose requests go out one at a time, in order.
+pub(crate) fn series_hash(view: &SeriesView<'_>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -27,7 +26,12 @@ pub(crate) fn shard_of(view: &SeriesView<'_>, shards: usize) -> usize {
         eat(n.as_bytes());
         eat(v.as_bytes());
     }
-    (h % shards.max(1) as u64) as usize
+    h
+}
+
+#[cfg(test)]
+pub(crate) fn shard_of(view: &SeriesView<'_>, shards: usize) -> usize {
+    (series_hash(view) % shards.max(1) as u64) as usize
 }
 
 #[cfg(test)] // the reference the direct encoder is tested against
@@ -72,31 +76,24 @@ pub(crate) fn split(batch: &Batch, shards: &mut [Vec<TimeSeries>]) {
 
 #[cfg(test)] // the reference the direct encoder is tested against
 /// Cuts one shard's series into requests of at most `max_samples` samples, keeping their
-/// order (a series longer than that is split across consecutive requests).
+/// order: a series is cut into pieces of `max_samples`, and a request is cut before a piece
+/// that does not fit.
 pub(crate) fn chunk(series: Vec<TimeSeries>, max_samples: usize) -> Vec<WriteRequest> {
     let max = max_samples.max(1);
     let mut out = Vec::new();
     let mut current = WriteRequest::default();
     let mut in_current = 0usize;
-    for mut ts in series {
-        while !ts.samples.is_empty() {
-            let room = max - in_current;
-            if ts.samples.len() <= room {
-                in_current += ts.samples.len();
-                current.timeseries.push(ts);
-                break;
+    for ts in series {
+        for piece in ts.samples.chunks(max) {
+            if in_current > 0 && in_current + piece.len() > max {
+                out.push(std::mem::take(&mut current));
+                in_current = 0;
             }
-            let rest = ts.samples.split_off(room);
+            in_current += piece.len();
             current.timeseries.push(TimeSeries {
                 labels: ts.labels.clone(),
-                samples: std::mem::replace(&mut ts.samples, rest),
+                samples: piece.to_vec(),
             });
-            out.push(std::mem::take(&mut current));
-            in_current = 0;
-        }
-        if in_current == max {
-            out.push(std::mem::take(&mut current));
-            in_current = 0;
         }
     }
     if !current.timeseries.is_empty() {
@@ -105,30 +102,86 @@ pub(crate) fn chunk(series: Vec<TimeSeries>, max_samples: usize) -> Vec<WriteReq
     out
 }
 
-/// Encodes one shard's series straight into remote-write protobuf bodies (before snappy) of at
-/// most `max_samples` samples each, in order: the bytes `remote_write::encode` would produce
-/// for `chunk(series, max_samples)` (default values omitted as prost does), without building
-/// a `String` per label. Returns (body, samples) pairs.
-pub(crate) fn encode_shard(views: &[SeriesView<'_>], max_samples: usize) -> Vec<(Vec<u8>, usize)> {
+/// Bytes of a prepared entry's header: shard hash (u64), samples (u32), field length (u32),
+/// little-endian.
+const ENTRY_HEADER: usize = 16;
+
+/// Encodes `batch`'s series (those with samples) for remote write ahead of sending: each
+/// series as pieces of at most `max_samples` samples, each piece an entry
+/// `[hash][samples][length][the WriteRequest.timeseries field]` where `hash` picks the shard.
+/// The fields of any prepared batches, concatenated in order, are a valid `WriteRequest`
+/// body: the bytes prost would encode, without a `String` per label.
+pub(crate) fn prepare(batch: &Batch, max_samples: usize) -> Vec<u8> {
     let max = max_samples.max(1);
-    let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut in_buf = 0usize;
-    for view in views {
-        let mut samples = view.samples();
-        while !samples.is_empty() {
-            let take = samples.len().min(max - in_buf);
-            write_timeseries(&mut buf, view, &samples[..take]);
-            in_buf += take;
-            samples = &samples[take..];
-            if in_buf == max {
-                out.push((std::mem::take(&mut buf), in_buf));
-                in_buf = 0;
-            }
+    let mut out = Vec::with_capacity(batch.sample_count() * 48 + 1024);
+    for view in batch.iter() {
+        let hash = series_hash(&view);
+        for piece in view.samples().chunks(max) {
+            let header = out.len();
+            out.extend_from_slice(&[0; ENTRY_HEADER]);
+            write_timeseries(&mut out, &view, piece);
+            let field = (out.len() - header - ENTRY_HEADER) as u32;
+            out[header..header + 8].copy_from_slice(&hash.to_le_bytes());
+            out[header + 8..header + 12].copy_from_slice(&(piece.len() as u32).to_le_bytes());
+            out[header + 12..header + 16].copy_from_slice(&field.to_le_bytes());
         }
     }
-    if in_buf > 0 {
-        out.push((buf, in_buf));
+    out
+}
+
+/// One piece of a series in a prepared batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    pub(crate) hash: u64,
+    pub(crate) samples: usize,
+    /// The encoded `WriteRequest.timeseries` field.
+    pub(crate) field: &'a [u8],
+}
+
+/// The entries of a prepared batch, in order (stopping at a malformed tail, which `prepare`
+/// never writes).
+pub(crate) fn entries(mut prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    std::iter::from_fn(move || {
+        let (header, rest) = prepared.split_at_checked(ENTRY_HEADER)?;
+        let word = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let hash = u64::from_le_bytes(header[..8].try_into().ok()?);
+        let (field, rest) = rest.split_at_checked(word(12) as usize)?;
+        prepared = rest;
+        Some(Entry {
+            hash,
+            samples: word(8) as usize,
+            field,
+        })
+    })
+}
+
+/// Deals prepared batches' entries, in order, to `shards` shards by hash, and cuts each
+/// shard's into request bodies (before snappy) of at most `max_samples` samples, cutting
+/// before an entry that does not fit. Returns each shard's (body, samples) pairs, in order.
+pub(crate) fn assemble<'a>(
+    prepared: impl IntoIterator<Item = &'a [u8]>,
+    shards: usize,
+    max_samples: usize,
+) -> Vec<Vec<(Vec<u8>, usize)>> {
+    let n = shards.max(1);
+    let max = max_samples.max(1);
+    let mut out: Vec<Vec<(Vec<u8>, usize)>> = vec![Vec::new(); n];
+    let mut open: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
+    for entry in prepared.into_iter().flat_map(entries) {
+        let shard = (entry.hash % n as u64) as usize;
+        let (buf, in_buf) = &mut open[shard];
+        if *in_buf > 0 && *in_buf + entry.samples > max {
+            out[shard].push((std::mem::take(buf), std::mem::take(in_buf)));
+        }
+        buf.extend_from_slice(entry.field);
+        *in_buf += entry.samples;
+    }
+    for (shard, (buf, in_buf)) in open.into_iter().enumerate() {
+        if in_buf > 0 {
+            out[shard].push((buf, in_buf));
+        }
     }
     out
 }
@@ -314,8 +367,16 @@ mod tests {
             ("d", &[("z", "\u{e9}t\u{e9}")], 4),
         ]);
         for max in [1, 4, 5, 1000] {
-            let views: Vec<_> = b.iter().collect();
-            let fast = encode_shard(&views, max);
+            // Prepared in two halves, as two batches of one unit would be.
+            let prepared = prepare(&b, max);
+            let cut = entries(&prepared)
+                .take(2)
+                .map(|e| ENTRY_HEADER + e.field.len())
+                .sum();
+            let (first, second) = prepared.split_at(cut);
+            let mut shards = assemble([first, second], 1, max);
+            assert_eq!(shards.len(), 1);
+            let fast = shards.remove(0);
             let series: Vec<TimeSeries> = b.iter().map(|v| to_timeseries(&v)).collect();
             let slow = chunk(series, max);
             assert_eq!(fast.len(), slow.len(), "max {max}");
@@ -334,12 +395,54 @@ mod tests {
     }
 
     #[test]
+    fn assembled_shards_keep_each_series_in_one_shard_in_order() {
+        let specs: Vec<(String, usize)> = (0..40).map(|i| (format!("m{i}"), 1 + i % 6)).collect();
+        let spec_refs: Vec<Spec<'_>> = specs
+            .iter()
+            .map(|(n, k)| (n.as_str(), &[][..], *k))
+            .collect();
+        let b = batch(&spec_refs);
+        let (p1, p2) = (prepare(&b, 4), prepare(&b, 4));
+        let shards = assemble([p1.as_slice(), p2.as_slice()], 3, 10);
+        let mut reference = vec![Vec::new(); 3];
+        split(&b, &mut reference);
+        split(&b, &mut reference);
+        for (got, want) in shards.iter().zip(reference) {
+            let mut flat = Vec::new();
+            for (body, n) in got {
+                assert!(*n <= 10 && *n > 0);
+                let req = sonde_common::remote_write::decode(
+                    &sonde_common::remote_write::compress(body),
+                    1 << 20,
+                )
+                .unwrap();
+                assert_eq!(sample_count(&req), *n);
+                for ts in req.timeseries {
+                    for s in ts.samples {
+                        flat.push((ts.labels[0].value.clone(), s.timestamp));
+                    }
+                }
+            }
+            let want: Vec<(String, i64)> = want
+                .iter()
+                .flat_map(|ts| {
+                    ts.samples
+                        .iter()
+                        .map(|s| (ts.labels[0].value.clone(), s.timestamp))
+                })
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(flat, want);
+        }
+    }
+
+    #[test]
     fn requests_hold_at_most_max_samples_in_order() {
         let b = batch(&[("a", &[], 3), ("b", &[], 7), ("c", &[], 1), ("d", &[], 4)]);
         let series: Vec<TimeSeries> = b.iter().map(|v| to_timeseries(&v)).collect();
         let reqs = chunk(series.clone(), 4);
         let sizes: Vec<usize> = reqs.iter().map(sample_count).collect();
-        assert_eq!(sizes, [4, 4, 4, 3]);
+        assert_eq!(sizes, [3, 4, 4, 4]);
         // Concatenated, the requests hold every sample of every series, in order.
         let mut flat: Vec<(String, i64)> = Vec::new();
         for r in &reqs {

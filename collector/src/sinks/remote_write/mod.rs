@@ -12,7 +12,9 @@
 //!
 //! # Ordering, sharding and acknowledgement
 //! The sender takes a *unit*: consecutive records of one tenant, up to
-//! `max_samples_per_send x shards` samples (at least one record). Each series goes to the shard
+//! `max_samples_per_send x shards` samples (at least one record), waiting up to
+//! `flush_interval` after the unit's first record for more (unless draining), so that agents'
+//! small batches leave in few large requests: most of a request's cost is per request. Each series goes to the shard
 //! a hash of its identity picks; each shard sends its part as requests of at most
 //! `max_samples_per_send` samples, one after another, while the shards run in parallel. The
 //! unit's records are acked in the queue only when every shard is done (acknowledged, or
@@ -48,6 +50,7 @@ mod stats;
 
 pub use stats::SinkStats;
 
+use bytes::Bytes;
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -74,6 +77,10 @@ pub struct RemoteWriteConfig {
     pub shards: usize,
     /// Most samples in one request (default 5000).
     pub max_samples_per_send: usize,
+    /// How long the sender waits for more records to fill its requests after the first one
+    /// it takes (default 1 s, vmagent's `-remoteWrite.flushInterval`): the most a sample
+    /// waits in the queue when the storage keeps up. Draining does not wait.
+    pub flush_interval: Duration,
     /// Per attempt: connect, send, and the whole answer (default 30 s).
     pub timeout: Duration,
     /// Backoff between attempts: first ceiling and cap (default 100 ms and 10 s).
@@ -90,6 +97,7 @@ impl RemoteWriteConfig {
             queue: QueueConfig::new(queue_dir),
             shards: 4,
             max_samples_per_send: 5000,
+            flush_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
@@ -212,7 +220,10 @@ impl RemoteWriteSink {
                 return Err(e);
             }
         };
-        match self.inner.queue.push(&[bytes]).await {
+        // Prepared for sending now, while the batch is decoded: the sender takes it along
+        // with the record when it comes straight from memory, instead of decoding it again.
+        let prepared = Bytes::from(convert::prepare(batch, self.inner.cfg.max_samples_per_send));
+        match self.inner.queue.push_with(&[(bytes, Some(prepared))]).await {
             Ok(()) => {
                 stats.batches_enqueued.inc();
                 stats.samples_enqueued.add(batch.sample_count() as u64);

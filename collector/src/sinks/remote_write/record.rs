@@ -79,6 +79,16 @@ pub(crate) fn encode_envelope(envelope: &[u8], tenant: Option<&str>) -> Result<B
 /// generous since this process wrote it, but a forged size still cannot allocate without
 /// bound.
 pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<String>, Batch), RecordError> {
+    let (tenant, envelope) = split(bytes)?;
+    let limits = WireLimits {
+        max_encoded_bytes: crate::queue::MAX_RECORD_BYTES,
+        max_decoded_bytes: 1 << 30,
+    };
+    Ok((tenant, wire::decode(envelope, &limits)?))
+}
+
+/// A record's tenant and its batch's envelope, not decoded.
+pub(crate) fn split(bytes: &[u8]) -> Result<(Option<String>, &[u8]), RecordError> {
     let (&version, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
     if version != VERSION {
         return Err(RecordError::Version(version));
@@ -95,11 +105,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<String>, Batch), RecordErro
                 .to_owned(),
         ),
     };
-    let limits = WireLimits {
-        max_encoded_bytes: crate::queue::MAX_RECORD_BYTES,
-        max_decoded_bytes: 1 << 30,
-    };
-    Ok((tenant, wire::decode(envelope, &limits)?))
+    Ok((tenant, envelope))
 }
 
 #[cfg(test)]

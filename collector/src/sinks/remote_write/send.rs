@@ -8,8 +8,6 @@ use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode};
 use sonde_common::remote_write;
 use sonde_common::retry::{Backoff, Verdict, classify_status, error_chain, parse_retry_after};
-use sonde_common::wire::Batch;
-use sonde_common::wire::SeriesView;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -22,11 +20,11 @@ const TENANT_HEADER: &str = "X-Scope-OrgID";
 /// How much of an error answer is kept for the log.
 const MAX_REASON_BYTES: usize = 1024;
 
-/// A queue record, decoded.
+/// A queue record, its batch prepared for sending ([`convert::prepare`]).
 struct Decoded {
     id: RecordId,
     tenant: Option<String>,
-    batch: Batch,
+    prepared: Bytes,
     samples: usize,
 }
 
@@ -34,7 +32,7 @@ struct Decoded {
 struct Unit {
     tenant: Option<String>,
     ids: Vec<RecordId>,
-    batches: Vec<Batch>,
+    prepared: Vec<Bytes>,
     samples: usize,
 }
 
@@ -43,14 +41,14 @@ impl Unit {
         Self {
             tenant: first.tenant,
             ids: vec![first.id],
-            batches: vec![first.batch],
+            prepared: vec![first.prepared],
             samples: first.samples,
         }
     }
 
     fn add(&mut self, d: Decoded) {
         self.ids.push(d.id);
-        self.batches.push(d.batch);
+        self.prepared.push(d.prepared);
         self.samples += d.samples;
     }
 }
@@ -111,7 +109,11 @@ pub(super) async fn pump(
                 }
             }
         };
-        let (unit, rest) = gather(inner, first, capacity).await;
+        // Linger for more records only while running: a drain sends what there is.
+        let linger = until
+            .filter(|t| !t.is_cancelled())
+            .map(|t| (t, tokio::time::Instant::now() + inner.cfg.flush_interval));
+        let (unit, rest) = gather(inner, first, capacity, linger, hard_stop).await;
         carry = rest;
         if !deliver(inner, unit, hard_stop).await {
             break false;
@@ -123,13 +125,21 @@ pub(super) async fn pump(
     }
 }
 
+/// A record as the sender needs it: its batch prepared at enqueue when the record came
+/// straight from memory, else decoded from the record and prepared here.
 fn decode(inner: &Inner, record: Record) -> Option<Decoded> {
-    match record::decode(&record.data) {
-        Ok((tenant, batch)) => Some(Decoded {
+    let max = inner.cfg.max_samples_per_send;
+    let decoded = match record.companion {
+        Some(prepared) => record::split(&record.data).map(|(tenant, _)| (tenant, prepared)),
+        None => record::decode(&record.data)
+            .map(|(tenant, batch)| (tenant, Bytes::from(convert::prepare(&batch, max)))),
+    };
+    match decoded {
+        Ok((tenant, prepared)) => Some(Decoded {
             id: record.id,
             tenant,
-            samples: batch.sample_count(),
-            batch,
+            samples: convert::entries(&prepared).map(|e| e.samples).sum(),
+            prepared,
         }),
         Err(e) => {
             // Retrying cannot help; keeping it would stop the queue for good.
@@ -144,12 +154,34 @@ fn decode(inner: &Inner, record: Record) -> Option<Decoded> {
     }
 }
 
-/// Adds the records already readable to `first`'s unit, up to `capacity` samples and while
-/// the tenant stays the same; the record that does not fit is returned for the next unit.
-async fn gather(inner: &Inner, first: Decoded, capacity: usize) -> (Unit, Option<Decoded>) {
+/// Adds records to `first`'s unit, up to `capacity` samples and while the tenant stays the
+/// same; the record that does not fit is returned for the next unit. Without `linger` only the
+/// records already readable are taken; with it, the unit also waits for more until its
+/// deadline (the flush interval after its first record), the token's cancellation or a hard
+/// stop, so a steady stream of small batches leaves as few large requests.
+async fn gather(
+    inner: &Inner,
+    first: Decoded,
+    capacity: usize,
+    linger: Option<(&CancellationToken, tokio::time::Instant)>,
+    hard_stop: &CancellationToken,
+) -> (Unit, Option<Decoded>) {
     let mut unit = Unit::new(first);
     while unit.samples < capacity {
-        let Some(record) = inner.queue.try_next().await else {
+        let record = match inner.queue.try_next().await {
+            Some(r) => Some(r),
+            None => match linger {
+                Some((until, deadline)) => tokio::select! {
+                    biased;
+                    _ = hard_stop.cancelled() => None,
+                    _ = until.cancelled() => None,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                    r = inner.queue.next() => r,
+                },
+                None => None,
+            },
+        };
+        let Some(record) = record else {
             break;
         };
         let Some(d) = decode(inner, record) else {
@@ -166,16 +198,13 @@ async fn gather(inner: &Inner, first: Decoded, capacity: usize) -> (Unit, Option
 /// Sends a unit; acks its records and returns true once every shard is done, false if
 /// `hard_stop` fired first (nothing acked: it is all sent again later).
 async fn deliver(inner: &Arc<Inner>, unit: Unit, hard_stop: &CancellationToken) -> bool {
-    let n = inner.cfg.shards.max(1);
-    let mut shards: Vec<Vec<SeriesView<'_>>> = vec![Vec::new(); n];
-    for batch in &unit.batches {
-        for view in batch.iter().filter(|v| !v.samples().is_empty()) {
-            shards[convert::shard_of(&view, n)].push(view);
-        }
-    }
+    let shards = convert::assemble(
+        unit.prepared.iter().map(|p| &p[..]),
+        inner.cfg.shards,
+        inner.cfg.max_samples_per_send,
+    );
     let mut tasks = JoinSet::new();
-    for views in shards.into_iter().filter(|s| !s.is_empty()) {
-        let requests = convert::encode_shard(&views, inner.cfg.max_samples_per_send);
+    for requests in shards.into_iter().filter(|s| !s.is_empty()) {
         let (inner, tenant, hard_stop) = (inner.clone(), unit.tenant.clone(), hard_stop.clone());
         tasks.spawn(
             async move { send_shard(&inner, requests, tenant.as_deref(), &hard_stop).await },
