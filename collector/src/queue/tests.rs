@@ -7,7 +7,7 @@ use std::time::Instant;
 fn config(dir: &Path) -> QueueConfig {
     QueueConfig {
         dir: dir.to_path_buf(),
-        max_bytes: 1 << 20,
+        max_bytes: 4 << 20,
         segment_bytes: 1 << 16,
         fsync: FsyncPolicy::Always,
         position_sync: Duration::from_millis(20),
@@ -784,17 +784,29 @@ async fn a_caught_up_reader_gets_records_with_companions_from_memory_and_from_di
     assert_eq!((a.data.clone(), a.companion.clone()), with(1));
     assert_eq!((b.data.clone(), b.companion.clone()), with(2));
     assert!(q.try_next().await.is_none());
-    // The reader has not taken the previous push: this one stays on disk and is read back
-    // without its companion, after the one before it.
+    // A reader that does not keep up gets records from memory only up to a bound; past it they
+    // stay on disk and are read back, in order, without their companions.
     q.push_with(&[with(3)]).await.unwrap();
     q.push_with(&[with(4)]).await.unwrap();
     let c = q.try_next().await.unwrap();
     assert_eq!(c.companion.as_deref(), Some(&b"companion 3"[..]));
     let d = q.try_next().await.unwrap();
-    assert_eq!((d.data.clone(), d.companion.clone()), (rec(4), None));
+    assert_eq!((d.data.clone(), d.companion.clone()), with(4));
+    let bound = writer::MAX_HANDED_AHEAD;
+    for i in 0..bound + 2 {
+        q.push_with(&[with(100 + i)]).await.unwrap();
+    }
+    for i in 0..bound + 2 {
+        let r = q.try_next().await.unwrap();
+        assert_eq!(r.data, rec(100 + i));
+        assert_eq!(r.companion.is_some(), i < bound, "record {i}");
+        if i <= bound {
+            q.ack(r.id);
+        }
+    }
     // Handed-over records are acked and counted like any other: after a restart only the
     // unacked ones come back, from disk, in order.
-    for r in [&a, &b, &c] {
+    for r in [&a, &b, &c, &d] {
         q.ack(r.id);
     }
     assert_eq!(q.stats().records, 1);
@@ -803,7 +815,7 @@ async fn a_caught_up_reader_gets_records_with_companions_from_memory_and_from_di
     let (q, report) = open(config(dir.path()));
     assert_eq!(report.records, 1);
     let again = q.try_next().await.unwrap();
-    assert_eq!((again.data, again.companion), (rec(4), None));
+    assert_eq!((again.data, again.companion), (rec(100 + bound + 1), None));
     assert!(q.try_next().await.is_none());
     // Reading on after a hand-over continues at the right place in the segment.
     q.push_with(&[with(5)]).await.unwrap();

@@ -43,6 +43,10 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// Records held in memory for the readers (`State::ahead`) past which new ones are left for
+/// the readers to read back from disk: a bound on the memory a slow reader ties up.
+pub(crate) const MAX_HANDED_AHEAD: usize = 1024;
+
 /// One push: its framed records and where to send the outcome.
 pub(crate) struct PushRequest {
     pub(crate) frames: Vec<u8>,
@@ -286,12 +290,13 @@ impl Writer {
                 logical: self.base + self.len - bytes,
             };
             if let Some(reader) = reader.as_mut()
-                && st.ahead.is_empty()
+                && st.ahead.len() < MAX_HANDED_AHEAD
                 && st.read_to == start
                 && reader.cursor() == start
             {
-                // The reader has read everything before these records and is waiting for
-                // more: hand them over as written instead of reading them back.
+                // The reader has read everything before these records (it holds them or
+                // handed them out) and is not too far behind: hand them over as written
+                // instead of reading them back.
                 let mut at = start;
                 for (payload, companion) in done.iter().flat_map(|r| r.payloads.iter()) {
                     let framed = format::framed_len(payload.len());

@@ -8,25 +8,26 @@
 use sonde_common::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use sonde_common::wire::{Batch, SeriesView};
 
-/// A series' shard hash: FNV-1a over its name and labels, so a series always takes the same
-/// shard, whose requests go out one at a time, in order.
+/// A series' shard hash, over its name and labels (foldhash, seeded once per process: the
+/// shard only has to be the same for all of a series' pieces within a unit), so a series
+/// always takes the same shard, whose requests go out one at a time, in order.
 pub(crate) fn series_hash(view: &SeriesView<'_>) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    let mut h = SEED
+        .get_or_init(foldhash::fast::RandomState::default)
+        .build_hasher();
+    // Length-prefixed, so no two different series feed the hasher the same bytes.
     let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-        }
-        // A separator byte that cannot occur in names or values.
-        h = (h ^ 0xff).wrapping_mul(PRIME);
+        h.write_usize(bytes.len());
+        h.write(bytes);
     };
     eat(view.name().as_bytes());
     for (n, v) in view.labels() {
         eat(n.as_bytes());
         eat(v.as_bytes());
     }
-    h
+    h.finish()
 }
 
 #[cfg(test)]

@@ -155,44 +155,43 @@ fn decode(inner: &Inner, record: Record) -> Option<Decoded> {
 }
 
 /// Adds records to `first`'s unit, up to `capacity` samples and while the tenant stays the
-/// same; the record that does not fit is returned for the next unit. Without `linger` only the
-/// records already readable are taken; with it, the unit also waits for more until its
-/// deadline (the flush interval after its first record), the token's cancellation or a hard
-/// stop, so a steady stream of small batches leaves as few large requests.
+/// same; the record that does not fit is returned for the next unit. Takes the records already
+/// readable; with `linger`, a unit still short of `capacity` then sleeps until its deadline
+/// (the flush interval after its first record; the token's cancellation or a hard stop end the
+/// wait early) and takes what became readable meanwhile. It sleeps rather than waking for each
+/// record, so a steady stream of small batches costs one wake-up per unit and leaves as few
+/// large requests.
 async fn gather(
     inner: &Inner,
     first: Decoded,
     capacity: usize,
-    linger: Option<(&CancellationToken, tokio::time::Instant)>,
+    mut linger: Option<(&CancellationToken, tokio::time::Instant)>,
     hard_stop: &CancellationToken,
 ) -> (Unit, Option<Decoded>) {
     let mut unit = Unit::new(first);
-    while unit.samples < capacity {
-        let record = match inner.queue.try_next().await {
-            Some(r) => Some(r),
-            None => match linger {
-                Some((until, deadline)) => tokio::select! {
-                    biased;
-                    _ = hard_stop.cancelled() => None,
-                    _ = until.cancelled() => None,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                    r = inner.queue.next() => r,
-                },
-                None => None,
-            },
-        };
-        let Some(record) = record else {
-            break;
-        };
-        let Some(d) = decode(inner, record) else {
-            continue;
-        };
-        if d.tenant != unit.tenant || unit.samples + d.samples > capacity {
-            return (unit, Some(d));
+    loop {
+        while unit.samples < capacity {
+            let Some(record) = inner.queue.try_next().await else {
+                break;
+            };
+            let Some(d) = decode(inner, record) else {
+                continue;
+            };
+            if d.tenant != unit.tenant || unit.samples + d.samples > capacity {
+                return (unit, Some(d));
+            }
+            unit.add(d);
         }
-        unit.add(d);
+        let Some((until, deadline)) = linger.take().filter(|_| unit.samples < capacity) else {
+            return (unit, None);
+        };
+        tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => return (unit, None),
+            _ = until.cancelled() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
     }
-    (unit, None)
 }
 
 /// Sends a unit; acks its records and returns true once every shard is done, false if
