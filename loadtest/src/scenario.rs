@@ -59,6 +59,11 @@ pub struct ScenarioArgs {
     /// Simulated hours to backfill, ending now (storage).
     #[arg(long, default_value_t = 24.0)]
     pub hours: f64,
+    /// When the collectors of `peer` fsync what they acknowledge: `always` (their default),
+    /// or a duration such as `1s` (acknowledged once written to the OS, fsynced that often;
+    /// VictoriaMetrics acknowledges from memory), passed as --wal-fsync and --queue-fsync
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
     /// Write the scenario's JSON summary (every report) here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -253,7 +258,9 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<ScenarioResult> {
 }
 
 async fn peer(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
-    let c = procs::collector("sonde-collector").await?;
+    let fsync = plan.args.fsync.clone();
+    let c =
+        procs::collector_with("sonde-collector", &["--wal-fsync".into(), fsync.clone()]).await?;
     let vm = procs::victoria_metrics().await?;
     let sonde = plan
         .phase(
@@ -284,6 +291,8 @@ async fn peer(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
         &[
             "--remote-write".into(),
             format!("http://127.0.0.1:{}/api/v1/write", vm2.port),
+            "--queue-fsync".into(),
+            fsync.clone(),
         ],
     )
     .await?;
@@ -296,6 +305,7 @@ async fn peer(plan: &Plan) -> anyhow::Result<(Vec<Report>, serde_json::Value)> {
     let ratio = ratio_of(per_sample(&sonde), per_sample(&vm_report));
     let forward_ratio = ratio_of(per_sample(&forward), per_sample(&vm_report));
     let summary = serde_json::json!({
+        "fsync": fsync,
         "sonde_cpu_us_per_sample": sonde.server_cpu_us_per_sample,
         "victoriametrics_cpu_us_per_sample": vm_report.server_cpu_us_per_sample,
         "cpu_ratio_sonde_to_victoriametrics": ratio,
