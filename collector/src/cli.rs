@@ -75,6 +75,13 @@ pub struct Cli {
     #[arg(long, env = "SONDE_WAL_FSYNC", default_value = "always")]
     pub wal_fsync: String,
 
+    /// How long the store's write-ahead log and the remote-write queues wait after a push
+    /// for others to share its write and fsync (group commit). Adds up to that to each push's
+    /// latency; under load it divides the fsyncs, and their CPU, by the pushes within it. 0
+    /// writes at once.
+    #[arg(long, env = "SONDE_COMMIT_DELAY", default_value = "3ms")]
+    pub commit_delay: String,
+
     /// How long each remote-write sender waits for more batches to fill its requests
     /// (vmagent's -remoteWrite.flushInterval): the most a sample waits in the queue while the
     /// storage keeps up. Larger requests cost less CPU per sample on both sides.

@@ -41,6 +41,8 @@ pub struct StorageConfig {
     pub out_of_order_window: Duration,
     pub maintenance_interval: Duration,
     pub wal_fsync: crate::queue::FsyncPolicy,
+    /// Group-commit delay of the WAL and of the remote-write queues.
+    pub commit_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -203,6 +205,15 @@ impl TryFrom<Cli> for Config {
                 retention_bytes: cli.retention_size,
                 out_of_order_window: duration("out-of-order-window", &cli.out_of_order_window)?,
                 wal_fsync: fsync_policy("wal-fsync", &cli.wal_fsync)?,
+                commit_delay: match duration("commit-delay", &cli.commit_delay)? {
+                    d if d > Duration::from_secs(1) => {
+                        return Err(ConfigError::Invalid {
+                            flag: "commit-delay",
+                            reason: "at most 1s: every push waits this long".to_owned(),
+                        });
+                    }
+                    d => d,
+                },
                 maintenance_interval: match duration(
                     "maintenance-interval",
                     &cli.maintenance_interval,
@@ -378,6 +389,18 @@ mod tests {
             parse(&["--wal-fsync", "never"]).unwrap().storage.wal_fsync,
             FsyncPolicy::Never
         );
+        assert_eq!(
+            parse(&[]).unwrap().storage.commit_delay,
+            Duration::from_millis(3)
+        );
+        assert_eq!(
+            parse(&["--commit-delay", "0s"])
+                .unwrap()
+                .storage
+                .commit_delay,
+            Duration::ZERO
+        );
+        assert!(parse(&["--commit-delay", "5s"]).is_err());
         let err = parse(&["--wal-fsync", "0s"]).unwrap_err().to_string();
         assert!(err.contains("wal-fsync"), "{err}");
         assert!(parse(&["--wal-fsync", "sometimes"]).is_err());

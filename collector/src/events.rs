@@ -223,6 +223,11 @@ impl Events {
                 store.blocks_deleted_by_retention,
             ),
             (
+                "sonde_collector_store_wal_commits_total",
+                "Groups of appends written to the WAL at once (each fsynced under --wal-fsync always).",
+                store.wal_commits,
+            ),
+            (
                 "sonde_collector_store_checkpoints_total",
                 "WAL checkpoints (segments replaced by what replay still needs of them).",
                 store.checkpoints,

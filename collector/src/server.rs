@@ -235,6 +235,7 @@ pub async fn run(
                 out_of_order_window: storage.out_of_order_window,
                 maintenance_interval: storage.maintenance_interval,
                 wal_fsync: storage.wal_fsync,
+                commit_delay: storage.commit_delay,
                 ..StoreConfig::new(dir)
             })
         }
@@ -255,6 +256,7 @@ pub async fn run(
         cfg.drain_timeout = config.drain_timeout;
         cfg.queue.max_bytes = config.queue_max_bytes;
         cfg.queue.fsync = config.queue_fsync;
+        cfg.queue.commit_delay = config.storage.commit_delay;
         cfg.flush_interval = config.remote_write_flush_interval;
         let (sink, report) = tokio::task::spawn_blocking(move || RemoteWriteSink::open(cfg))
             .await?

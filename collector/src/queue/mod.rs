@@ -116,6 +116,9 @@ pub struct QueueConfig {
     /// The reader position is written at most this often (default 1 s), plus when a segment
     /// becomes fully acked and at close. A crash redelivers what was acked since.
     pub position_sync: Duration,
+    /// How long the writer waits after a push for others to share its write and fsync
+    /// (default 3 ms; zero writes at once).
+    pub commit_delay: Duration,
 }
 
 impl QueueConfig {
@@ -127,6 +130,7 @@ impl QueueConfig {
             segment_bytes: 32 << 20,
             fsync: FsyncPolicy::Always,
             position_sync: Duration::from_secs(1),
+            commit_delay: crate::store::DEFAULT_COMMIT_DELAY,
         }
     }
 }

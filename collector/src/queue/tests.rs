@@ -11,6 +11,7 @@ fn config(dir: &Path) -> QueueConfig {
         segment_bytes: 1 << 16,
         fsync: FsyncPolicy::Always,
         position_sync: Duration::from_millis(20),
+        commit_delay: Duration::ZERO,
     }
 }
 
@@ -467,6 +468,33 @@ async fn concurrent_pushers_are_all_durable() {
     tokio::task::spawn_blocking(move || q.close())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_within_the_commit_delay_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = open(QueueConfig {
+        commit_delay: Duration::from_millis(300),
+        ..config(dir.path())
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..6u64 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            // Staggered: without the delay each would be written and fsynced on its own.
+            tokio::time::sleep(Duration::from_millis(10 * t)).await;
+            q.push(&[Bytes::from(format!("p{t}"))]).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let stats = q.stats();
+    assert_eq!(stats.pushed_records, 6);
+    assert_eq!(stats.fsyncs, 1, "{stats:?}");
+    assert_eq!(take_all(&q).await.len(), 6);
 }
 
 #[tokio::test]

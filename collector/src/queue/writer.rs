@@ -63,6 +63,7 @@ pub(crate) struct Writer {
     fsync: FsyncPolicy,
     segment_bytes: u64,
     position_sync: Duration,
+    commit_delay: Duration,
     /// The segment being written (its file is created by the first write).
     index: u64,
     file: Option<File>,
@@ -96,6 +97,7 @@ impl Writer {
             fsync: cfg.fsync,
             segment_bytes: cfg.segment_bytes,
             position_sync: cfg.position_sync,
+            commit_delay: cfg.commit_delay,
             index,
             file: None,
             len: 0,
@@ -117,6 +119,10 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            if matches!(first, Some(Msg::Push(_))) && !self.commit_delay.is_zero() {
+                // Let the pushes arriving meanwhile share this group's write and fsync.
+                std::thread::sleep(self.commit_delay);
+            }
             let mut nudged = false;
             let mut group = Vec::new();
             let mut bytes = 0usize;

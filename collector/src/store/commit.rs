@@ -1,15 +1,17 @@
 //! Group commit: the thread that owns the WAL files, and the one function that turns WAL
 //! records into head changes, used both live (after each fsync) and at replay.
 //!
-//! The thread takes every request already queued (up to [`MAX_GROUP_BYTES`]), writes them in
-//! order, fsyncs once, then applies the durable ones to the head under one write lock and
+//! The thread takes a request, waits the commit delay (default 3 ms) for more, takes every
+//! request queued by then (up to [`MAX_GROUP_BYTES`]), writes them in order, fsyncs once, then applies the durable ones to the head under one write lock and
 //! answers each caller. Because the head changes only here, in WAL order, and replay applies
 //! the same records in the same order with the same function, the head after a restart holds
 //! what it held before, down to which of two conflicting values was first.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -90,20 +92,32 @@ pub(crate) fn spawn(
     head: Arc<RwLock<Head>>,
     rx: mpsc::Receiver<CommitRequest>,
     dir_lock: File,
+    delay: Duration,
+    groups: Arc<AtomicU64>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sonde-store-wal".to_owned())
         .spawn(move || {
-            run(writer, &head, rx);
+            run(writer, &head, rx, delay, &groups);
             drop(dir_lock);
         })
 }
 
-fn run(mut writer: SegmentWriter, head: &RwLock<Head>, mut rx: mpsc::Receiver<CommitRequest>) {
+fn run(
+    mut writer: SegmentWriter,
+    head: &RwLock<Head>,
+    mut rx: mpsc::Receiver<CommitRequest>,
+    delay: Duration,
+    groups: &AtomicU64,
+) {
     let mut group: Vec<CommitRequest> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.records.len();
         group.push(first);
+        if !delay.is_zero() {
+            // Let the appends arriving meanwhile share this group's write and fsync.
+            std::thread::sleep(delay);
+        }
         while bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
                 Ok(next) => {
@@ -114,6 +128,7 @@ fn run(mut writer: SegmentWriter, head: &RwLock<Head>, mut rx: mpsc::Receiver<Co
             }
         }
         commit(&mut writer, head, &mut group);
+        groups.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1219,3 +1219,59 @@ async fn repeated_maintenance_over_a_long_history_stores_each_sample_once() {
     assert_eq!(dump(&store).len() as u64, appended);
     store.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_within_the_commit_delay_share_one_wal_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        commit_delay: Duration::from_millis(300),
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..6i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Staggered: without the delay each would be written and fsynced on its own.
+            tokio::time::sleep(Duration::from_millis(10 * t as u64)).await;
+            let name = format!("m{t}");
+            store
+                .append(&batch(&[(name.as_str(), &[], &[(1000, t as f64)])]))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), stats(1, 0, 0, 0));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(store.stats().wal_commits, 1);
+    assert_eq!(dump(&store).len(), 6);
+}
+
+#[tokio::test]
+async fn with_interval_fsync_what_was_acknowledged_is_there_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        wal_fsync: crate::queue::FsyncPolicy::Interval(Duration::from_millis(50)),
+        commit_delay: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    };
+    let store = Store::open(cfg.clone()).unwrap();
+    for i in 0..20i64 {
+        store
+            .append(&batch(&[("up", &[("i", "x")], &[(1000 + i, i as f64)])]))
+            .await
+            .unwrap();
+    }
+    let before = dump(&store);
+    assert_eq!(before.len(), 20);
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .unwrap();
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(dump(&store), before);
+}
