@@ -780,8 +780,12 @@ async fn ingest(
             Err(e) => return reject(e, 0),
         };
     let decoded = match compression {
-        Some(c) => ingest::decode::decode_batch(&bytes, c, &cfg.wire),
-        None => ingest::remote_write::decode(&bytes, cfg.wire.max_decoded_bytes),
+        Some(c) => {
+            let mut batch = ingest::pool::Pooled::take();
+            ingest::decode::decode_batch_into(&bytes, c, &cfg.wire, &mut batch).map(|()| batch)
+        }
+        None => ingest::remote_write::decode(&bytes, cfg.wire.max_decoded_bytes)
+            .map(ingest::pool::Pooled::from),
     };
     let batch = match decoded {
         Ok(b) => b,

@@ -63,6 +63,18 @@ pub fn decode_batch(
     declared: Compression,
     limits: &WireLimits,
 ) -> Result<Batch, IngestError> {
+    let mut batch = Batch::default();
+    decode_batch_into(body, declared, limits, &mut batch)?;
+    Ok(batch)
+}
+
+/// [`decode_batch`] into `out`, reusing its allocations (see [`super::pool`]).
+pub fn decode_batch_into(
+    body: &[u8],
+    declared: Compression,
+    limits: &WireLimits,
+    out: &mut Batch,
+) -> Result<(), IngestError> {
     let envelope = wire::read_envelope(body, limits)?;
     if envelope.compression != declared {
         return Err(IngestError::EncodingMismatch {
@@ -70,7 +82,7 @@ pub fn decode_batch(
             envelope: envelope.compression.http_encoding(),
         });
     }
-    Ok(wire::decode(body, limits)?)
+    Ok(wire::decode_into(body, limits, out)?)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod decode;
 pub mod dedup;
 pub mod limit;
+pub mod pool;
 pub mod remote_write;
 pub mod validate;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::model::{Label, Limits, MetricKind, Sample, Series, ValidationError};
 
 /// Who sent a batch, and which one it is.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchHeader {
     /// Stable identity of the sending agent (host name by default).
     pub agent_id: String,
@@ -30,7 +30,7 @@ pub struct BatchSeries {
 }
 
 /// A decoded (or to-be-encoded) batch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub header: BatchHeader,
     pub strings: Vec<String>,

@@ -190,6 +190,8 @@ thread_local! {
     // one per thread saves that on every batch (it was an eighth of a collector's CPU).
     static ZSTD_COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
     static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    /// Decompressed payloads, reused by [`decode_into`].
+    static DECODE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Encodes `batch` into an envelope.
@@ -301,10 +303,18 @@ pub fn verify(bytes: &[u8], limits: &WireLimits) -> Result<Envelope, DecodeError
 
 /// Decodes an envelope from untrusted bytes. See the module docs for the order of checks.
 pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Batch, DecodeError> {
+    let mut batch = Batch::default();
+    decode_into(bytes, limits, &mut batch)?;
+    Ok(batch)
+}
+
+/// [`decode`] into `out`, reusing its vectors and strings (and a per-thread decompression
+/// buffer), so a caller that keeps batches for reuse decodes without allocating once their
+/// capacities have grown to fit. On error `out` holds an unspecified (but valid) batch.
+pub fn decode_into(bytes: &[u8], limits: &WireLimits, out: &mut Batch) -> Result<(), DecodeError> {
     let env = verify(bytes, limits)?;
     let payload = &bytes[HEADER_LEN..];
-    let decompressed;
-    let raw: &[u8] = match env.compression {
+    match env.compression {
         Compression::None => {
             if payload.len() != env.decoded_len {
                 return Err(DecodeError::DecompressedLength {
@@ -312,43 +322,64 @@ pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Batch, DecodeError> {
                     actual: payload.len(),
                 });
             }
-            payload
+            deserialize_into(payload, out)
         }
-        Compression::Lz4 => {
+        Compression::Lz4 => DECODE_BUFFER.with_borrow_mut(|buf| {
             // The buffer is sized by the header's claim, already capped by the limits.
-            let mut buf = vec![0u8; env.decoded_len];
-            let n = lz4_flex::block::decompress_into(payload, &mut buf)
+            buf.clear();
+            buf.resize(env.decoded_len, 0);
+            let n = lz4_flex::block::decompress_into(payload, buf)
                 .map_err(|e| DecodeError::Decompress(e.to_string()))?;
             buf.truncate(n);
-            decompressed = buf;
-            &decompressed
-        }
-        Compression::Zstd => {
-            decompressed = ZSTD_DECOMPRESSOR
-                .with_borrow_mut(|d| match d {
-                    Some(d) => d.decompress(payload, env.decoded_len),
-                    None => {
-                        let mut fresh = zstd::bulk::Decompressor::new()?;
-                        let out = fresh.decompress(payload, env.decoded_len);
-                        *d = Some(fresh);
-                        out
-                    }
+            check_len(env.decoded_len, buf.len())?;
+            let result = deserialize_into(buf, out);
+            shrink(buf);
+            result
+        }),
+        Compression::Zstd => DECODE_BUFFER.with_borrow_mut(|buf| {
+            buf.clear();
+            // Capped by the limits; zstd writes at most this much.
+            buf.reserve_exact(env.decoded_len);
+            ZSTD_DECOMPRESSOR
+                .with_borrow_mut(|d| {
+                    let d = match d {
+                        Some(d) => d,
+                        empty => empty.insert(zstd::bulk::Decompressor::new()?),
+                    };
+                    d.decompress_to_buffer(payload, buf)
                 })
                 .map_err(|e| DecodeError::Decompress(e.to_string()))?;
-            &decompressed
-        }
-    };
-    if raw.len() != env.decoded_len {
-        return Err(DecodeError::DecompressedLength {
-            declared: env.decoded_len,
-            actual: raw.len(),
-        });
+            check_len(env.decoded_len, buf.len())?;
+            let result = deserialize_into(buf, out);
+            shrink(buf);
+            result
+        }),
     }
-    let (batch, rest) = postcard::take_from_bytes::<Batch>(raw)?;
+}
+
+fn check_len(declared: usize, actual: usize) -> Result<(), DecodeError> {
+    if actual != declared {
+        return Err(DecodeError::DecompressedLength { declared, actual });
+    }
+    Ok(())
+}
+
+/// Keeps the per-thread buffer from holding on to a rare huge batch's memory.
+fn shrink(buf: &mut Vec<u8>) {
+    const KEEP: usize = 1 << 20;
+    if buf.capacity() > KEEP {
+        *buf = Vec::new();
+    }
+}
+
+fn deserialize_into(raw: &[u8], out: &mut Batch) -> Result<(), DecodeError> {
+    let mut de = postcard::Deserializer::from_bytes(raw);
+    serde::Deserialize::deserialize_in_place(&mut de, out)?;
+    let rest = de.finalize()?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
-    Ok(batch)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -390,6 +421,95 @@ mod tests {
             );
             assert_eq!(decode(&bytes, &WireLimits::default()).unwrap(), batch);
         }
+    }
+
+    /// Name, labels, samples.
+    type SeriesSpec = (String, Vec<(String, String)>, Vec<(i64, f64)>);
+
+    fn batch_of(agent: &str, series: &[SeriesSpec]) -> Batch {
+        let mut b = BatchBuilder::new(BatchHeader {
+            agent_id: agent.into(),
+            sequence: 7,
+            sent_at_ms: 1,
+        });
+        for (name, labels, samples) in series {
+            b.push(
+                &Series::new(
+                    name.as_str(),
+                    labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                ),
+                MetricKind::Gauge,
+                None,
+                samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
+            );
+        }
+        b.build()
+    }
+
+    proptest::proptest! {
+        /// Decoding into a batch that held anything before gives exactly what a fresh decode
+        /// gives, whatever the sizes of the two.
+        #[test]
+        fn decoding_into_a_used_batch_equals_a_fresh_decode(
+            first in proptest::collection::vec(("[a-z]{1,8}", proptest::collection::vec(("[a-z]{1,4}", "[a-z0-9]{0,6}"), 0..4), proptest::collection::vec((0i64..1000, -1e3f64..1e3), 0..5)), 0..12),
+            second in proptest::collection::vec(("[a-z]{1,8}", proptest::collection::vec(("[a-z]{1,4}", "[a-z0-9]{0,6}"), 0..4), proptest::collection::vec((0i64..1000, -1e3f64..1e3), 0..5)), 0..12),
+            compression in proptest::sample::select(vec![Compression::None, Compression::Lz4, Compression::Zstd]),
+        ) {
+            let a = batch_of("agent-a", &first);
+            let b = batch_of("b", &second);
+            let mut reused = Batch::default();
+            for want in [&a, &b, &a] {
+                let bytes = encode(want, compression).unwrap();
+                decode_into(&bytes, &WireLimits::default(), &mut reused).unwrap();
+                proptest::prop_assert_eq!(&reused, want);
+                proptest::prop_assert_eq!(&decode(&bytes, &WireLimits::default()).unwrap(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_into_a_used_batch_reuses_its_strings_and_vectors() {
+        let batch = sample_batch();
+        let bytes = encode(&batch, Compression::Zstd).unwrap();
+        let mut reused = Batch::default();
+        decode_into(&bytes, &WireLimits::default(), &mut reused).unwrap();
+        let strings = reused
+            .strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .collect::<Vec<_>>();
+        let samples = reused
+            .series
+            .iter()
+            .map(|s| s.samples.as_ptr())
+            .collect::<Vec<_>>();
+        decode_into(&bytes, &WireLimits::default(), &mut reused).unwrap();
+        assert_eq!(reused, batch);
+        assert_eq!(
+            reused
+                .strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .collect::<Vec<_>>(),
+            strings,
+            "strings decoded in place"
+        );
+        assert_eq!(
+            reused
+                .series
+                .iter()
+                .map(|s| s.samples.as_ptr())
+                .collect::<Vec<_>>(),
+            samples,
+            "sample vectors decoded in place"
+        );
+        // A bad envelope leaves a batch that the next good one fully overwrites.
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(decode_into(&bad, &WireLimits::default(), &mut reused).is_err());
+        decode_into(&bytes, &WireLimits::default(), &mut reused).unwrap();
+        assert_eq!(reused, batch);
     }
 
     #[test]
