@@ -103,6 +103,9 @@ pub(crate) fn chunk(series: Vec<TimeSeries>, max_samples: usize) -> Vec<WriteReq
     out
 }
 
+/// Bytes before a prepared batch's entries: its sample count (u64, little-endian).
+const PREFIX: usize = 8;
+
 /// Bytes of a prepared entry's header: shard hash (u64), samples (u32), field length (u32),
 /// little-endian.
 const ENTRY_HEADER: usize = 16;
@@ -114,7 +117,9 @@ const ENTRY_HEADER: usize = 16;
 /// body: the bytes prost would encode, without a `String` per label.
 pub(crate) fn prepare(batch: &Batch, max_samples: usize) -> Vec<u8> {
     let max = max_samples.max(1);
-    let mut out = Vec::with_capacity(batch.sample_count() * 48 + 1024);
+    let samples = batch.sample_count();
+    let mut out = Vec::with_capacity(PREFIX + batch.series.len() * 256 + samples * 24);
+    out.extend_from_slice(&(samples as u64).to_le_bytes());
     for view in batch.iter() {
         let hash = series_hash(&view);
         for piece in view.samples().chunks(max) {
@@ -141,7 +146,8 @@ pub(crate) struct Entry<'a> {
 
 /// The entries of a prepared batch, in order (stopping at a malformed tail, which `prepare`
 /// never writes).
-pub(crate) fn entries(mut prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+pub(crate) fn entries(prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    let mut prepared = prepared.get(PREFIX..).unwrap_or_default();
     std::iter::from_fn(move || {
         let (header, rest) = prepared.split_at_checked(ENTRY_HEADER)?;
         let word = |at: usize| {
@@ -158,6 +164,13 @@ pub(crate) fn entries(mut prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
+/// How many samples a prepared batch holds.
+pub(crate) fn prepared_samples(prepared: &[u8]) -> usize {
+    prepared
+        .first_chunk::<PREFIX>()
+        .map_or(0, |b| u64::from_le_bytes(*b) as usize)
+}
+
 /// Deals prepared batches' entries, in order, to `shards` shards by hash, and cuts each
 /// shard's into request bodies (before snappy) of at most `max_samples` samples, cutting
 /// before an entry that does not fit. Returns each shard's (body, samples) pairs, in order.
@@ -168,15 +181,25 @@ pub(crate) fn assemble<'a>(
 ) -> Vec<Vec<(Vec<u8>, usize)>> {
     let n = shards.max(1);
     let max = max_samples.max(1);
+    let prepared: Vec<&[u8]> = prepared.into_iter().collect();
+    // Each shard's bytes, so its buffers are allocated once rather than grown.
+    let mut left = vec![0usize; n];
+    for entry in prepared.iter().flat_map(|p| entries(p)) {
+        left[(entry.hash % n as u64) as usize] += entry.field.len();
+    }
     let mut out: Vec<Vec<(Vec<u8>, usize)>> = vec![Vec::new(); n];
     let mut open: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
-    for entry in prepared.into_iter().flat_map(entries) {
+    for entry in prepared.iter().flat_map(|p| entries(p)) {
         let shard = (entry.hash % n as u64) as usize;
         let (buf, in_buf) = &mut open[shard];
         if *in_buf > 0 && *in_buf + entry.samples > max {
             out[shard].push((std::mem::take(buf), std::mem::take(in_buf)));
         }
+        if buf.capacity() == 0 {
+            buf.reserve_exact(left[shard]);
+        }
         buf.extend_from_slice(entry.field);
+        left[shard] -= entry.field.len();
         *in_buf += entry.samples;
     }
     for (shard, (buf, in_buf)) in open.into_iter().enumerate() {
@@ -370,11 +393,26 @@ mod tests {
         for max in [1, 4, 5, 1000] {
             // Prepared in two halves, as two batches of one unit would be.
             let prepared = prepare(&b, max);
-            let cut = entries(&prepared)
-                .take(2)
-                .map(|e| ENTRY_HEADER + e.field.len())
-                .sum();
-            let (first, second) = prepared.split_at(cut);
+            assert_eq!(prepared_samples(&prepared), b.sample_count());
+            // Two prepared batches: the first two entries, and the rest, each with its count.
+            let cut: usize = PREFIX
+                + entries(&prepared)
+                    .take(2)
+                    .map(|e| ENTRY_HEADER + e.field.len())
+                    .sum::<usize>();
+            let split = |body: &[u8]| {
+                let mut p = vec![0; PREFIX];
+                p.extend_from_slice(body);
+                let n: usize = entries(&p).map(|e| e.samples).sum();
+                p[..PREFIX].copy_from_slice(&(n as u64).to_le_bytes());
+                p
+            };
+            let (first, second) = (split(&prepared[PREFIX..cut]), split(&prepared[cut..]));
+            assert_eq!(
+                prepared_samples(&first) + prepared_samples(&second),
+                b.sample_count()
+            );
+            let (first, second) = (first.as_slice(), second.as_slice());
             let mut shards = assemble([first, second], 1, max);
             assert_eq!(shards.len(), 1);
             let fast = shards.remove(0);

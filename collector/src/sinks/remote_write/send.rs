@@ -138,7 +138,7 @@ fn decode(inner: &Inner, record: Record) -> Option<Decoded> {
         Ok((tenant, prepared)) => Some(Decoded {
             id: record.id,
             tenant,
-            samples: convert::entries(&prepared).map(|e| e.samples).sum(),
+            samples: convert::prepared_samples(&prepared),
             prepared,
         }),
         Err(e) => {
