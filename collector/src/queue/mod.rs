@@ -53,9 +53,14 @@
 //! # Threads and locks
 //! - The writer thread ([`writer`]) owns the segment being written, the position file and
 //!   segment deletion, and holds the directory lock. Pushes reach it through a channel and wait
-//!   on a oneshot; it writes every push already queued as one group, fsyncs once per group
-//!   (`Always`) or on a timer (`Interval`), and persists the reader position at most every
-//!   `position_sync` (and at once when a segment becomes fully acked, and at close).
+//!   on a oneshot; after a push it waits `commit_delay`, then writes every push queued by then
+//!   as one group, fsyncs once per group (`Always`) or on a timer (`Interval`), and persists the
+//!   reader position at most every `position_sync` (and at once when a segment becomes fully
+//!   acked, and at close).
+//! - Hand-over: when a group is published and the reader has read everything before it (and
+//!   holds fewer than 1,024 records), the writer puts the group's records, with the companions
+//!   their pushers attached ([`DiskQueue::push_with`]), straight into the read-ahead buffer and
+//!   moves the file reader past them, so a reader that keeps up never reads back from disk.
 //! - `state` (a `std::sync::Mutex`) holds the positions, counters and the records read ahead;
 //!   it is taken briefly, never across I/O or an `.await`.
 //! - `reader` (another mutex) holds the open segment being read; it is taken only inside
