@@ -456,23 +456,24 @@ mod tests {
                 )
                 .unwrap();
                 assert_eq!(sample_count(&req), *n);
-                for ts in req.timeseries {
-                    for s in ts.samples {
-                        flat.push((ts.labels[0].value.clone(), s.timestamp));
-                    }
-                }
+                flat.extend(points(&req.timeseries));
             }
-            let want: Vec<(String, i64)> = want
-                .iter()
-                .flat_map(|ts| {
-                    ts.samples
-                        .iter()
-                        .map(|s| (ts.labels[0].value.clone(), s.timestamp))
-                })
-                .collect();
+            let want = points(&want);
             assert!(!want.is_empty());
             assert_eq!(flat, want);
         }
+    }
+
+    /// Every sample as (first label's value, timestamp), in order.
+    fn points(series: &[TimeSeries]) -> Vec<(String, i64)> {
+        series
+            .iter()
+            .flat_map(|ts| {
+                ts.samples
+                    .iter()
+                    .map(|s| (ts.labels[0].value.clone(), s.timestamp))
+            })
+            .collect()
     }
 
     #[test]
@@ -485,22 +486,10 @@ mod tests {
         // Concatenated, the requests hold every sample of every series, in order.
         let mut flat: Vec<(String, i64)> = Vec::new();
         for r in &reqs {
-            for ts in &r.timeseries {
-                assert!(!ts.samples.is_empty());
-                for s in &ts.samples {
-                    flat.push((ts.labels[0].value.clone(), s.timestamp));
-                }
-            }
+            assert!(r.timeseries.iter().all(|ts| !ts.samples.is_empty()));
+            flat.extend(points(&r.timeseries));
         }
-        let want: Vec<(String, i64)> = series
-            .iter()
-            .flat_map(|ts| {
-                ts.samples
-                    .iter()
-                    .map(|s| (ts.labels[0].value.clone(), s.timestamp))
-            })
-            .collect();
-        assert_eq!(flat, want);
+        assert_eq!(flat, points(&series));
         assert_eq!(chunk(series, 1000).len(), 1);
         assert!(chunk(Vec::new(), 10).is_empty());
     }
