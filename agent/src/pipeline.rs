@@ -167,8 +167,11 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
+    // Cancelled only after the last flush at shutdown: a pusher told to drain stops once the
+    // buffer is empty, and the last flush's batches must still find it running.
+    let drain = CancellationToken::new();
     let pusher = Pusher::new(config.push.clone(), events.clone())?;
-    tracker.spawn(pusher.run(buffer.clone(), shutdown.clone(), hard_stop.clone()));
+    tracker.spawn(pusher.run(buffer.clone(), drain.clone(), hard_stop.clone()));
     if let Some(listener) = http_listener {
         let push = http::PushTarget {
             outbox: outbox.clone(),
@@ -240,7 +243,9 @@ pub async fn run(
     if let Some(l) = flusher.listener.take() {
         tokio::task::spawn_blocking(move || l.stop()).await?;
     }
-    flusher.flush().await?;
+    let flushed = flusher.flush().await;
+    drain.cancel();
+    flushed?;
     tracing::info!(timeout = ?config.shutdown_timeout, buffered = ?buffer.usage(), "shutting down: delivering buffered batches");
     tracker.close();
     let deadline = tokio::time::sleep(config.shutdown_timeout);

@@ -31,11 +31,20 @@ fn start_collector(port: u16, dir: &std::path::Path) -> Proc {
 }
 
 fn start_agent(collector_port: u16, agent_port: u16, host: &str, extra: &[&str]) -> Proc {
+    let interval = extra
+        .iter()
+        .position(|a| *a == "--interval")
+        .and_then(|i| extra.get(i + 1))
+        .unwrap_or(&"300ms");
+    let extra: Vec<&str> = match extra.iter().position(|a| *a == "--interval") {
+        Some(i) => [&extra[..i], extra.get(i + 2..).unwrap_or_default()].concat(),
+        None => extra.to_vec(),
+    };
     let mut args = vec![
         "--collector".to_string(),
         format!("http://127.0.0.1:{collector_port}"),
         "--interval".into(),
-        "300ms".into(),
+        interval.to_string(),
         "--flush-jitter".into(),
         "0s".into(),
         "--hostname".into(),
@@ -200,5 +209,36 @@ fn the_spool_keeps_undelivered_batches_across_an_agent_restart() {
     assert!(
         std::fs::read_dir(spool.path()).unwrap().count() == 0,
         "delivered batches leave the spool"
+    );
+}
+
+#[test]
+fn the_last_collection_at_sigterm_is_delivered_before_the_agent_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cport, aport) = (free_port(), free_port());
+    let host = format!("last-{}-{cport}", std::process::id());
+    let _collector = start_collector(cport, dir.path());
+    // One collection at start, the next an hour away: the only other one is the last flush
+    // that SIGTERM triggers, after the buffer has been empty for a while.
+    let mut agent = start_agent(cport, aport, &host, &["--interval", "1h"]);
+    let first = wait_until(
+        Duration::from_secs(20),
+        "first collection delivered",
+        || {
+            let n = stored(cport, &host);
+            (n > 0).then_some(n)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stored(cport, &host),
+        first,
+        "nothing else collected meanwhile"
+    );
+    assert!(agent.terminate(Duration::from_secs(20)).success());
+    let after = stored(cport, &host);
+    assert!(
+        after > first,
+        "the last collection was stored ({first} samples before SIGTERM, {after} after)"
     );
 }

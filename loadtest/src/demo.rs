@@ -88,6 +88,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .arg(config.join("rules"))
         .arg("--alert-config")
         .arg(config.join("alertmanager.yml"))
+        // A process group of its own: Ctrl-C reaches only this process, which stops the agent
+        // before the collector, so the agent's last batch is delivered.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("cannot start sonde-collector")?;
@@ -105,6 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--interval",
             &args.interval,
         ])
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("cannot start sonde-agent")?;
