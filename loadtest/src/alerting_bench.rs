@@ -586,8 +586,9 @@ async fn load_series(http: &HttpClient, sonde: u16, vm: u16) -> anyhow::Result<(
     Ok(())
 }
 
-/// Rule evaluations per CPU second over `window`: group iterations (from
-/// `metric` on `metrics_port`) times rules per group, over the CPU time of `servers`.
+/// Rule evaluations per CPU second over `window` (extended, up to four times, until an
+/// iteration has completed): group iterations (from `metric` on `metrics_port`) times rules
+/// per group, over the CPU time of `servers`.
 async fn throughput(
     http: &HttpClient,
     servers: &[&Server],
@@ -603,7 +604,13 @@ async fn throughput(
     let cpu0 = cpu(servers);
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
-    let it1 = metric_sum(&get_text(http, &url).await?, metric);
+    let mut it1 = metric_sum(&get_text(http, &url).await?, metric);
+    // A window must hold at least one completed iteration to measure anything: on a loaded
+    // machine one may take longer than the window, so wait for it (at most four windows).
+    while it1 == it0 && t0.elapsed() < window * 4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        it1 = metric_sum(&get_text(http, &url).await?, metric);
+    }
     let cpu1 = cpu(servers);
     let window = t0.elapsed().as_secs_f64();
     let evaluations = (it1 - it0) * RULES_PER_GROUP as f64;
