@@ -526,10 +526,13 @@ impl Syncer {
             .name("sonde-store-wal-sync".to_owned())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    // The handle is locked before the flag is taken: a cut that finds the
+                    // flag already taken then waits here, so the segment it leaves is the one
+                    // fsynced (the handle moves to the next segment only under this lock).
+                    let f = handle.lock().unwrap_or_else(PoisonError::into_inner);
                     if !dirty.swap(false, Ordering::AcqRel) {
                         continue;
                     }
-                    let f = handle.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Err(e) = f.sync_data() {
                         dirty.store(true, Ordering::Release);
                         tracing::error!(
@@ -722,17 +725,20 @@ impl SegmentWriter {
 
     /// Starts the next segment, fsyncing the current one first if it has unsynced writes.
     fn cut(&mut self) -> Result<(), StoreError> {
-        if self.fsync != FsyncPolicy::Never && self.dirty.swap(false, Ordering::AcqRel) {
-            // The sync thread may be fsyncing the same file: both finish before the cut.
-            let _guard = self
-                .syncer
-                .as_ref()
-                .map(|s| s.file.lock().unwrap_or_else(PoisonError::into_inner));
-            if let Err(e) = self.file.sync_data() {
-                self.dirty.store(true, Ordering::Release);
-                return Err(StoreError::io("fsync WAL segment", &self.path(), e));
-            }
+        // Under the sync thread's lock, so its fsync of this segment (if it took the flag
+        // first) has finished, and it cannot take the flag while this one syncs.
+        let guard = self
+            .syncer
+            .as_ref()
+            .map(|s| s.file.lock().unwrap_or_else(PoisonError::into_inner));
+        if self.fsync != FsyncPolicy::Never
+            && self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(StoreError::io("fsync WAL segment", &self.path(), e));
         }
+        drop(guard);
         let next = self
             .index
             .checked_add(1)
