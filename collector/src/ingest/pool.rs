@@ -17,7 +17,7 @@ static FREE: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
 
 /// A batch from the pool; it goes back when dropped.
 #[derive(Debug, Default)]
-pub struct Pooled(Option<Batch>);
+pub struct Pooled(Batch);
 
 impl Pooled {
     /// A batch to decode into: a used one if the pool has one (its contents are to be
@@ -28,45 +28,32 @@ impl Pooled {
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
             .unwrap_or_default();
-        Pooled(Some(batch))
+        Pooled(batch)
     }
 }
 
 impl From<Batch> for Pooled {
     fn from(batch: Batch) -> Self {
-        Pooled(Some(batch))
+        Pooled(batch)
     }
 }
 
 impl Deref for Pooled {
     type Target = Batch;
     fn deref(&self) -> &Batch {
-        // Only `drop` takes the batch out.
-        self.0.as_ref().unwrap_or(&EMPTY)
+        &self.0
     }
 }
 
 impl DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Batch {
-        self.0.get_or_insert_with(Batch::default)
+        &mut self.0
     }
 }
 
-static EMPTY: Batch = Batch {
-    header: sonde_common::wire::BatchHeader {
-        agent_id: String::new(),
-        sequence: 0,
-        sent_at_ms: 0,
-    },
-    strings: Vec::new(),
-    series: Vec::new(),
-};
-
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let Some(batch) = self.0.take() else {
-            return;
-        };
+        let batch = std::mem::take(&mut self.0);
         if batch.strings.capacity() > MAX_KEPT_CAPACITY
             || batch.series.capacity() > MAX_KEPT_CAPACITY
         {

@@ -127,12 +127,14 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(&mut writer, head, &mut group);
-        groups.fetch_add(1, Ordering::Relaxed);
+        if commit(&mut writer, head, &mut group) {
+            groups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-fn commit(writer: &mut SegmentWriter, head: &RwLock<Head>, group: &mut Vec<CommitRequest>) {
+/// Writes, applies and answers a group; true if any of it was written.
+fn commit(writer: &mut SegmentWriter, head: &RwLock<Head>, group: &mut Vec<CommitRequest>) -> bool {
     let outcome = writer.write_group(group.iter().map(|r| r.records.as_slice()));
     let mut results: Vec<Result<AppendStats, StoreError>> = Vec::with_capacity(group.len());
     if outcome.durable > 0 {
@@ -154,6 +156,7 @@ fn commit(writer: &mut SegmentWriter, head: &RwLock<Head>, group: &mut Vec<Commi
         // The caller may have gone away (a cancelled request): its samples are stored anyway.
         let _ = request.reply.send(result);
     }
+    outcome.durable > 0
 }
 
 fn apply_request(

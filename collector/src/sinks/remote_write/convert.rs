@@ -1,8 +1,9 @@
 //! From native batches to remote-write requests: each batch's series encoded once as protobuf
 //! `timeseries` fields tagged with a hash of their identity ([`prepare`], at enqueue), then a
 //! unit's fields dealt to shards by that hash and concatenated into bodies of at most
-//! `max_samples` samples ([`assemble`], at send; labels sorted by name, `__name__` among them). The `TimeSeries`-building path kept under `cfg(test)`
-//! is the obviously correct reference the direct encoder is checked against. Pure functions.
+//! `max_samples` samples ([`assemble`], at send; labels sorted by name, `__name__` among
+//! them). The `TimeSeries`-building path kept under `cfg(test)` is the obviously correct
+//! reference the direct encoder is checked against. Pure functions.
 
 #[cfg(test)]
 use sonde_common::remote_write::{Label, Sample, TimeSeries, WriteRequest};
@@ -110,8 +111,8 @@ const PREFIX: usize = 8;
 /// little-endian.
 const ENTRY_HEADER: usize = 16;
 
-/// Encodes `batch`'s series (those with samples) for remote write ahead of sending: each
-/// series as pieces of at most `max_samples` samples, each piece an entry
+/// Encodes `batch`'s series (those with samples) for remote write ahead of sending: the
+/// batch's sample count ([`prepared_samples`]), then each series as pieces of at most `max_samples` samples, each piece an entry
 /// `[hash][samples][length][the WriteRequest.timeseries field]` where `hash` picks the shard.
 /// The fields of any prepared batches, concatenated in order, are a valid `WriteRequest`
 /// body: the bytes prost would encode, without a `String` per label.

@@ -14,8 +14,8 @@
 //! The sender takes a *unit*: consecutive records of one tenant, up to
 //! `max_samples_per_send x shards` samples (at least one record), waiting up to
 //! `flush_interval` after the unit's first record for more (unless draining), so that agents'
-//! small batches leave in few large requests: most of a request's cost is per request. Each series goes to the shard
-//! a hash of its identity picks; each shard sends its part as requests of at most
+//! small batches leave in few large requests: most of a request's cost is per request. Each
+//! series goes to the shard a hash of its identity picks; each shard sends its part as requests of at most
 //! `max_samples_per_send` samples, one after another, while the shards run in parallel. The
 //! unit's records are acked in the queue only when every shard is done (acknowledged, or
 //! refused for good), and the next unit starts only then. So a series' samples reach the
