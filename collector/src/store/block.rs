@@ -5,7 +5,9 @@
 //! # On disk
 //! ```text
 //! <dir>/blocks/<min_t>-<max_t>-<nonce>/
-//!     chunks      Gorilla chunks (the head's format, see [`super::chunk`]), back to back
+//!     chunks      chunks of up to 480 samples, packed (see [`super::packed`]) or, when a
+//!                 value is no short decimal or that is smaller, Gorilla (the head's format,
+//!                 see [`super::chunk`]), back to back, each series' chunks together
 //!     index       postcard: every series (name, labels) with its chunk references
 //!                 (time range, offset, length, CRC-32 of the chunk), then a CRC-32 of it all
 //!     meta.json   time range, counts, compaction level, the blocks it replaced
@@ -26,13 +28,18 @@ use serde::{Deserialize, Serialize};
 use sonde_common::model::{Label, Sample, Series};
 
 use super::StoreError;
-use super::chunk::{Chunk, SAMPLES_PER_CHUNK};
+use super::chunk::Chunk;
 use super::matcher::Matcher;
 use super::postings::{Postings, Slot};
 
 const CHUNKS_FILE: &str = "chunks";
 const INDEX_FILE: &str = "index";
 const META_FILE: &str = "meta.json";
+/// Samples per block chunk. Larger than the head's chunks: a block is read far more often in
+/// whole chunks than sample by sample, and a chunk's header and index entry (about 40 bytes
+/// together) then cost a tenth of a byte per sample. Below 0xfe00, so that a Gorilla chunk's
+/// first byte (its count's high byte) never looks like a packed or decimal chunk's marker.
+pub(crate) const SAMPLES_PER_BLOCK_CHUNK: usize = 480;
 /// Suffix of a block directory still being written.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
@@ -336,9 +343,9 @@ impl BlockWriter {
         samples: impl IntoIterator<Item = Sample>,
     ) -> Result<(), StoreError> {
         let mut refs = Vec::new();
-        let mut group: Vec<Sample> = Vec::with_capacity(usize::from(SAMPLES_PER_CHUNK));
+        let mut group: Vec<Sample> = Vec::with_capacity(SAMPLES_PER_BLOCK_CHUNK);
         for s in samples {
-            if group.len() >= usize::from(SAMPLES_PER_CHUNK) {
+            if group.len() >= SAMPLES_PER_BLOCK_CHUNK {
                 refs.push(self.write_chunk(&group)?);
                 group.clear();
             }
@@ -364,14 +371,14 @@ impl BlockWriter {
         Ok(())
     }
 
-    /// Writes one chunk of `samples` (oldest first), in decimal form when that is smaller.
+    /// Writes one chunk of `samples` (oldest first), packed when that is smaller than Gorilla.
     fn write_chunk(&mut self, samples: &[Sample]) -> Result<ChunkRef, StoreError> {
         let mut chunk = Chunk::new();
         for s in samples {
             chunk.append(s.timestamp_ms, s.value);
         }
-        let decimal = super::decimal::encode(samples).filter(|d| d.len() < chunk.bytes().len());
-        let bytes = decimal.as_deref().unwrap_or(chunk.bytes());
+        let packed = super::packed::encode(samples).filter(|d| d.len() < chunk.bytes().len());
+        let bytes = packed.as_deref().unwrap_or(chunk.bytes());
         let len =
             u32::try_from(bytes.len()).map_err(|_| StoreError::RecordTooLarge(bytes.len()))?;
         self.chunks
@@ -530,7 +537,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Series::new("up", [("job", "api")]);
         let mut w = BlockWriter::create(dir.path(), 0, 10_000, 0, vec![]).unwrap();
-        w.add(&s, samples(0..300)).unwrap();
+        let total = 2 * SAMPLES_PER_BLOCK_CHUNK + 60;
+        w.add(&s, samples(0..total as i64)).unwrap();
         let b = w.finish().unwrap();
         let path = b.dir().to_path_buf();
         drop(b);
@@ -541,7 +549,7 @@ mod tests {
         std::fs::write(&chunks, &bytes).unwrap();
         let b = Block::open(&path).unwrap();
         let got = b.select(&[], 0, 10_000);
-        assert_eq!(got[0].1.len(), 300 - 120);
+        assert_eq!(got[0].1.len(), total - SAMPLES_PER_BLOCK_CHUNK);
         assert_eq!(b.corrupt_chunks(), 1);
         // A flipped byte in the index: the block does not open, and open_all skips it.
         let index = path.join(INDEX_FILE);

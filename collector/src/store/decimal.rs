@@ -1,8 +1,7 @@
-//! Decimal chunks: how a block stores a chunk whose values are all short decimals (counters
-//! of bytes or packets, gauges of counts, seconds with a few decimals), which is most of what
-//! hosts report. Gorilla's XOR of two such floats keeps many meaningful bits; the difference of
-//! the integers `value x 10^k` usually fits a byte or two. A block chunk is written in this form
-//! when every value round-trips exactly and the result is smaller than the Gorilla chunk.
+//! Block chunks, read in any of their forms: Gorilla (see [`super::chunk`]), packed (see
+//! [`super::packed`], what blocks are written in when every value is a short decimal) and
+//! decimal, the form blocks written before packed chunks existed use for such values: the
+//! timestamps as a Gorilla chunk, the integers `value x 10^k` as zigzag-varint differences.
 //!
 //! # Format
 //! ```text
@@ -17,70 +16,25 @@
 
 use sonde_common::model::Sample;
 
-use super::chunk::{Chunk, ChunkIter};
+#[cfg(test)]
+use super::chunk::Chunk;
+use super::chunk::ChunkIter;
+use super::packed::{self, read_uvarint, unzigzag};
+#[cfg(test)]
+use super::packed::{integers, write_uvarint, zigzag};
 
 const MARKER: u8 = 0xff;
+#[cfg(test)]
 const HEADER_LEN: usize = 6;
 const MAX_EXPONENT: i32 = 6;
-/// Integers beyond this lose precision as `f64`; such values stay in Gorilla chunks.
-const MAX_INT: f64 = 9_007_199_254_740_992.0;
 
 fn pow10(k: i32) -> f64 {
     10f64.powi(k)
 }
 
-/// The integers `v x 10^k` for the smallest `k` at which every value round-trips bit for bit.
-fn integers(samples: &[Sample]) -> Option<(u8, Vec<i64>)> {
-    'exponent: for k in 0..=MAX_EXPONENT {
-        let scale = pow10(k);
-        let mut out = Vec::with_capacity(samples.len());
-        for s in samples {
-            let m = (s.value * scale).round();
-            if !m.is_finite() || m.abs() >= MAX_INT {
-                return None;
-            }
-            // Checked through the integer, exactly as decoding computes it (-0.0 fails here).
-            let m = m as i64;
-            if (m as f64 / scale).to_bits() != s.value.to_bits() {
-                continue 'exponent;
-            }
-            out.push(m);
-        }
-        return Some((k as u8, out));
-    }
-    None
-}
-
-fn write_uvarint(out: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        out.push((x as u8) | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
-fn read_uvarint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut x = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *bytes.get(*pos)?;
-        *pos += 1;
-        x |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(x);
-        }
-    }
-    None
-}
-
-fn zigzag(x: i64) -> u64 {
-    ((x << 1) ^ (x >> 63)) as u64
-}
-
-fn unzigzag(x: u64) -> i64 {
-    ((x >> 1) as i64) ^ -((x & 1) as i64)
-}
-
 /// The decimal form of `samples` (oldest first, at most `u16::MAX`), if every value has one.
+/// Blocks are written in packed form now; this stays to test that older blocks still read.
+#[cfg(test)]
 pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
     let (k, ints) = integers(samples)?;
     let mut times = Chunk::new();
@@ -103,9 +57,10 @@ pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Iterates over a block chunk in either form.
+/// Iterates over a block chunk in any form.
 pub(crate) enum AnyChunkIter<'a> {
     Gorilla(ChunkIter<'a>),
+    Packed(std::vec::IntoIter<Sample>),
     Decimal {
         times: ChunkIter<'a>,
         values: &'a [u8],
@@ -115,9 +70,15 @@ pub(crate) enum AnyChunkIter<'a> {
     },
 }
 
-/// Reads a block chunk, Gorilla or decimal.
+/// Reads a block chunk, Gorilla, packed or decimal. A malformed chunk yields what could be
+/// read of it (nothing, if packed).
 pub(crate) fn iter(bytes: &[u8]) -> AnyChunkIter<'_> {
     match bytes {
+        [packed::MARKER, ..] => {
+            let mut out = Vec::new();
+            let _ = packed::decode_into(bytes, &mut out);
+            AnyChunkIter::Packed(out.into_iter())
+        }
         [MARKER, k, l0, l1, l2, l3, rest @ ..] => {
             let len = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
             let k = i32::from(*k);
@@ -144,6 +105,7 @@ impl Iterator for AnyChunkIter<'_> {
     fn next(&mut self) -> Option<Sample> {
         match self {
             AnyChunkIter::Gorilla(it) => it.next(),
+            AnyChunkIter::Packed(it) => it.next(),
             AnyChunkIter::Decimal {
                 times,
                 values,

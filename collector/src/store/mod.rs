@@ -60,6 +60,7 @@ mod decimal;
 mod head;
 mod maintain;
 mod matcher;
+mod packed;
 mod postings;
 mod shapes;
 mod wal;

@@ -1,0 +1,459 @@
+//! Packed chunks: how a block stores a chunk whose values are all short decimals (counters of
+//! bytes, packets or requests, gauges of counts or bytes, seconds with a few decimals), which
+//! is most of what hosts report.
+//!
+//! Timestamps and the integers `value x 10^k` are each written as a sequence of integers in
+//! frame-of-reference form: the sequence, its first differences or its second differences
+//! (whichever is smallest: a gauge's levels, a counter's increments, a scrape's regular
+//! timestamps), minus their minimum, bit-packed at the width of the largest. A counter that
+//! grows by up to 2,000 a step costs 11 bits a sample; a timestamp on a regular interval costs
+//! none; a gauge moving within a range of 10,000 costs 14 bits. Byte-aligned encodings
+//! (varints) would round each of those up to whole bytes, and Gorilla's XOR of two floats keeps
+//! far more bits than the integers differ by.
+//!
+//! # Format
+//! ```text
+//! byte 0      0xfe (a Gorilla chunk starts with its u16 big-endian sample count, which a
+//!             block keeps below 0xfe00; a decimal chunk starts with 0xff)
+//! byte 1      k, the decimal exponent (0..=6): value = integer / 10^k
+//! uvarint     n, the sample count (1..=65535)
+//! sequence    the timestamps
+//! sequence    the integers
+//!
+//! sequence    u8 order o (0, 1 or 2; o <= n)
+//!             o zigzag varints: the first value, then (o = 2) the first difference
+//!             zigzag varint base: the smallest o-th difference
+//!             u8 width w (0..=64)
+//!             (n - o) x w bits, least significant first: each o-th difference minus base
+//! ```
+//! Arithmetic wraps, so every `i64` sequence round-trips. Decoding never trusts the bytes: a
+//! malformed chunk yields an error, never a panic or a partial chunk.
+
+use sonde_common::model::Sample;
+
+pub(crate) const MARKER: u8 = 0xfe;
+const MAX_EXPONENT: i32 = 6;
+/// Integers beyond this lose precision as `f64`; such values stay in Gorilla chunks.
+const MAX_INT: f64 = 9_007_199_254_740_992.0;
+
+fn pow10(k: i32) -> f64 {
+    10f64.powi(k)
+}
+
+/// The integers `v x 10^k` for the smallest `k` at which every value round-trips bit for bit.
+pub(crate) fn integers(samples: &[Sample]) -> Option<(u8, Vec<i64>)> {
+    'exponent: for k in 0..=MAX_EXPONENT {
+        let scale = pow10(k);
+        let mut out = Vec::with_capacity(samples.len());
+        for s in samples {
+            let m = (s.value * scale).round();
+            if !m.is_finite() || m.abs() >= MAX_INT {
+                return None;
+            }
+            // Checked through the integer, exactly as decoding computes it (-0.0 fails here).
+            let m = m as i64;
+            if (m as f64 / scale).to_bits() != s.value.to_bits() {
+                continue 'exponent;
+            }
+            out.push(m);
+        }
+        return Some((k as u8, out));
+    }
+    None
+}
+
+pub(crate) fn write_uvarint(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+pub(crate) fn read_uvarint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut x = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        x |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+pub(crate) fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+pub(crate) fn unzigzag(x: u64) -> i64 {
+    ((x >> 1) as i64) ^ -((x & 1) as i64)
+}
+
+fn uvarint_len(x: u64) -> usize {
+    (64 - x.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+/// The packed form of `samples` (oldest first, 1 to 65,535 of them), if every value is a
+/// short decimal.
+pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
+    if samples.is_empty() || samples.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let (k, ints) = integers(samples)?;
+    let times: Vec<i64> = samples.iter().map(|s| s.timestamp_ms).collect();
+    let mut out = Vec::with_capacity(16 + samples.len() * 2);
+    out.push(MARKER);
+    out.push(k);
+    write_uvarint(&mut out, samples.len() as u64);
+    write_sequence(&mut out, &times);
+    write_sequence(&mut out, &ints);
+    Some(out)
+}
+
+/// The `order`-th differences of `x` (from index `order` on), wrapping.
+fn differences(x: &[i64], order: usize) -> Vec<i64> {
+    let mut d = x.to_vec();
+    for _ in 0..order {
+        for i in (1..d.len()).rev() {
+            d[i] = d[i].wrapping_sub(d[i - 1]);
+        }
+    }
+    d.split_off(order.min(d.len()))
+}
+
+/// Heads (first value, first difference), base and width of `x` at `order`, and its size.
+struct Plan {
+    order: usize,
+    heads: Vec<i64>,
+    base: i64,
+    width: u32,
+    residuals: Vec<i64>,
+    bytes: usize,
+}
+
+fn plan(x: &[i64], order: usize) -> Plan {
+    let heads: Vec<i64> = (0..order)
+        .map(|o| differences(&x[..=o], o).first().copied().unwrap_or(0))
+        .collect();
+    let residuals = differences(x, order);
+    let base = residuals.iter().copied().min().unwrap_or(0);
+    let span = residuals
+        .iter()
+        .map(|&r| r.wrapping_sub(base) as u64)
+        .max()
+        .unwrap_or(0);
+    let width = 64 - span.leading_zeros();
+    let bytes = 2
+        + heads.iter().map(|&h| uvarint_len(zigzag(h))).sum::<usize>()
+        + uvarint_len(zigzag(base))
+        + (residuals.len() * width as usize).div_ceil(8);
+    Plan {
+        order,
+        heads,
+        base,
+        width,
+        residuals,
+        bytes,
+    }
+}
+
+fn write_sequence(out: &mut Vec<u8>, x: &[i64]) {
+    let Some(best) = (0..=2usize.min(x.len()))
+        .map(|o| plan(x, o))
+        .min_by_key(|p| p.bytes)
+    else {
+        return;
+    };
+    out.push(best.order as u8);
+    for &h in &best.heads {
+        write_uvarint(out, zigzag(h));
+    }
+    write_uvarint(out, zigzag(best.base));
+    out.push(best.width as u8);
+    let mut acc: u128 = 0;
+    let mut bits = 0u32;
+    for &r in &best.residuals {
+        acc |= u128::from(r.wrapping_sub(best.base) as u64) << bits;
+        bits += best.width;
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    if bits > 0 {
+        out.push(acc as u8);
+    }
+}
+
+/// Why bytes are not a packed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Malformed {
+    #[error("packed chunk: bad header")]
+    Header,
+    #[error("packed chunk: sequence ends early or is malformed")]
+    Sequence,
+}
+
+/// Bits `[bit, bit + width)` of `bytes`, least significant first; the caller has checked that
+/// they lie within `bytes`.
+#[inline(always)]
+fn bits_at(bytes: &[u8], bit: usize, width: u32) -> u64 {
+    let p = bit >> 3;
+    let shift = (bit & 7) as u32;
+    let mask = if width == 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
+    if width <= 56
+        && let Some(Ok(word)) = bytes.get(p..p + 8).map(<[u8; 8]>::try_from)
+    {
+        return (u64::from_le_bytes(word) >> shift) & mask;
+    }
+    let mut buf = [0u8; 16];
+    let tail = bytes.get(p..).unwrap_or_default();
+    let n = tail.len().min(9);
+    buf[..n].copy_from_slice(&tail[..n]);
+    ((u128::from_le_bytes(buf) >> shift) as u64) & mask
+}
+
+/// Decodes one sequence of `n` integers from `bytes[*pos..]`, handing each to `put(i, x)`.
+#[inline(always)]
+fn read_sequence(
+    bytes: &[u8],
+    pos: &mut usize,
+    n: usize,
+    mut put: impl FnMut(usize, i64),
+) -> Result<(), Malformed> {
+    let seq = |pos: &mut usize| read_uvarint(bytes, pos).ok_or(Malformed::Sequence);
+    let order = usize::from(*bytes.get(*pos).ok_or(Malformed::Sequence)?);
+    *pos += 1;
+    if order > 2 || order > n {
+        return Err(Malformed::Sequence);
+    }
+    let first = if order >= 1 { unzigzag(seq(pos)?) } else { 0 };
+    let first_delta = if order >= 2 { unzigzag(seq(pos)?) } else { 0 };
+    let base = unzigzag(seq(pos)?);
+    let width = u32::from(*bytes.get(*pos).ok_or(Malformed::Sequence)?);
+    *pos += 1;
+    if width > 64 {
+        return Err(Malformed::Sequence);
+    }
+    let count = n - order;
+    let packed_len = (count * width as usize).div_ceil(8);
+    let packed = bytes
+        .get(*pos..*pos + packed_len)
+        .ok_or(Malformed::Sequence)?;
+    *pos += packed_len;
+    let residual = |i: usize| base.wrapping_add(bits_at(packed, i * width as usize, width) as i64);
+    match order {
+        0 => (0..n).for_each(|i| put(i, residual(i))),
+        1 => {
+            let mut x = first;
+            put(0, x);
+            for i in 1..n {
+                x = x.wrapping_add(residual(i - 1));
+                put(i, x);
+            }
+        }
+        _ => {
+            let (mut x, mut d) = (first, first_delta);
+            put(0, x);
+            x = x.wrapping_add(d);
+            put(1, x);
+            for i in 2..n {
+                d = d.wrapping_add(residual(i - 2));
+                x = x.wrapping_add(d);
+                put(i, x);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the samples of packed chunk `bytes` to `out`; on error `out` is left as it was.
+pub(crate) fn decode_into(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), Malformed> {
+    let start = out.len();
+    let r = decode_tail(bytes, out, start);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn decode_tail(bytes: &[u8], out: &mut Vec<Sample>, start: usize) -> Result<(), Malformed> {
+    let [MARKER, k, ..] = *bytes else {
+        return Err(Malformed::Header);
+    };
+    let k = i32::from(k);
+    if k > MAX_EXPONENT {
+        return Err(Malformed::Header);
+    }
+    let mut pos = 2;
+    let n = read_uvarint(bytes, &mut pos).ok_or(Malformed::Header)?;
+    if n == 0 || n > u64::from(u16::MAX) {
+        return Err(Malformed::Header);
+    }
+    let n = n as usize;
+    out.reserve(n);
+    read_sequence(bytes, &mut pos, n, |_, t| out.push(Sample::new(t, 0.0)))?;
+    let scale = pow10(k);
+    let samples = &mut out[start..];
+    read_sequence(bytes, &mut pos, n, |i, m| {
+        if let Some(s) = samples.get_mut(i) {
+            s.value = m as f64 / scale;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples(values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Sample::new(1_700_000_000_000 + i as i64 * 10_000, v))
+            .collect()
+    }
+
+    fn bits(s: &[Sample]) -> Vec<(i64, u64)> {
+        s.iter()
+            .map(|x| (x.timestamp_ms, x.value.to_bits()))
+            .collect()
+    }
+
+    fn roundtrip(s: &[Sample]) -> Vec<(i64, u64)> {
+        let mut out = Vec::new();
+        decode_into(&encode(s).unwrap(), &mut out).unwrap();
+        bits(&out)
+    }
+
+    #[test]
+    fn counters_gauges_and_regular_timestamps_pack_to_their_entropy() {
+        // A counter growing by 0..=2000 a step: 11 bits a sample, timestamps free.
+        let counter: Vec<f64> = (0..480u64)
+            .scan(5_000_000u64, |c, i| {
+                *c += (i * 7919) % 2001;
+                Some(*c as f64)
+            })
+            .collect();
+        let s = samples(&counter);
+        let packed = encode(&s).unwrap();
+        assert_eq!(roundtrip(&s), bits(&s));
+        assert!(packed.len() <= 480 * 11 / 8 + 24, "{} bytes", packed.len());
+        // A gauge around a level: the width of its range.
+        let gauge: Vec<f64> = (0..480u64)
+            .map(|i| (300_000_000 + (i * 104_729) % 10_000) as f64)
+            .collect();
+        let s = samples(&gauge);
+        let packed = encode(&s).unwrap();
+        assert_eq!(roundtrip(&s), bits(&s));
+        assert!(packed.len() <= 480 * 14 / 8 + 24, "{} bytes", packed.len());
+        // Constant values and seconds with two decimals.
+        for values in [
+            vec![42.0; 480],
+            (0..300).map(|i| (1234567 + i * 3) as f64 / 100.0).collect(),
+        ] {
+            let s = samples(&values);
+            assert_eq!(roundtrip(&s), bits(&s));
+        }
+        assert!(encode(&samples(&[42.0; 480])).unwrap().len() < 24);
+    }
+
+    #[test]
+    fn irregular_timestamps_and_single_samples_round_trip() {
+        let s: Vec<Sample> = (0..200i64)
+            .map(|i| Sample::new(i * 15_000 + (i * 37) % 11 - 5, (i % 7) as f64))
+            .collect();
+        assert_eq!(roundtrip(&s), bits(&s));
+        for one in [
+            vec![Sample::new(i64::MIN, -3.0)],
+            vec![Sample::new(i64::MAX, 1e15)],
+            vec![Sample::new(i64::MIN, 1.0), Sample::new(i64::MAX, -1.0)],
+        ] {
+            assert_eq!(roundtrip(&one), bits(&one));
+        }
+    }
+
+    #[test]
+    fn values_without_a_short_decimal_form_are_refused() {
+        for v in [f64::NAN, f64::INFINITY, -0.0, 1.0 / 3.0, 1e300, 0.1234567] {
+            assert!(encode(&samples(&[1.0, v])).is_none(), "{v}");
+        }
+        assert!(encode(&[]).is_none());
+    }
+
+    #[test]
+    fn malformed_chunks_leave_the_output_untouched() {
+        let s = samples(&[1.0, 5.0, 2.0, 7.0]);
+        let good = encode(&s).unwrap();
+        let mut out = vec![Sample::new(1, 1.0)];
+        for cut in 0..good.len() {
+            assert!(decode_into(&good[..cut], &mut out).is_err(), "cut at {cut}");
+            assert_eq!(out.len(), 1);
+        }
+        // An impossible order or width is refused wherever it lands.
+        for i in 2..good.len() {
+            for byte in [3, 65] {
+                let mut bad = good.clone();
+                bad[i] = byte;
+                if decode_into(&bad, &mut out).is_ok() {
+                    out.truncate(1);
+                }
+                assert_eq!(out.len(), 1);
+            }
+        }
+        decode_into(&good, &mut out).unwrap();
+        assert_eq!(bits(&out[1..]), bits(&s));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut marked = vec![MARKER, 0];
+            marked.extend_from_slice(&bytes);
+            let mut out = Vec::new();
+            let _ = decode_into(&bytes, &mut out);
+            if decode_into(&marked, &mut out).is_err() {
+                prop_assert!(out.is_empty());
+            }
+        }
+
+        #[test]
+        fn what_encodes_round_trips(
+            ints in proptest::collection::vec(any::<i64>().prop_map(|x| x >> 12), 1..600),
+            times in proptest::collection::vec(any::<i64>(), 1..600),
+            k in 0i32..4,
+        ) {
+            let s: Vec<Sample> = ints.iter().zip(times.iter().cycle())
+                .map(|(&m, &t)| Sample::new(t, m as f64 / pow10(k)))
+                .collect();
+            if let Some(bytes) = encode(&s) {
+                let mut out = Vec::new();
+                decode_into(&bytes, &mut out).unwrap();
+                prop_assert_eq!(bits(&out), bits(&s));
+            }
+        }
+
+        #[test]
+        fn small_steps_round_trip(
+            start in any::<i64>(),
+            steps in proptest::collection::vec(-3i64..1000, 1..500),
+        ) {
+            let s: Vec<Sample> = steps.iter().scan(start, |t, &d| {
+                *t = t.wrapping_add(d);
+                Some(Sample::new(*t, (d * 3) as f64))
+            }).collect();
+            let bytes = encode(&s).unwrap();
+            let mut out = Vec::new();
+            decode_into(&bytes, &mut out).unwrap();
+            prop_assert_eq!(bits(&out), bits(&s));
+        }
+    }
+}
