@@ -1,19 +1,28 @@
 //! WAL checkpoints: once the head's old samples are in a block, the segments that hold them
 //! are replaced by one checkpoint file with what replay still needs from them: every SERIES
-//! entry (samples in newer segments refer to them) and the samples not yet in a block.
+//! entry (samples in newer segments refer to them) and the samples not yet in a block, the
+//! latter gathered per series into CHUNKS records (block chunks, a byte or two a sample
+//! instead of the SAMPLES records' several), after the SERIES records.
 //!
 //! ```text
 //! <dir>/wal/checkpoint.00000012   replaces segments up to 00000012 (same record format)
 //! ```
+//! Replay applies a series' samples in the order the segments held them, so a checkpoint
+//! changes nothing about which of two conflicting values came first.
 //! Written as `checkpoint.N.tmp`, fsynced, renamed, the directory fsynced; only then are the
 //! segments up to N and older checkpoints deleted. Replay reads the newest checkpoint, then the
 //! segments after it; opening the store finishes a deletion a crash interrupted.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use sonde_common::model::Sample;
+
 use super::StoreError;
+use super::block::SAMPLES_PER_BLOCK_CHUNK;
+use super::chunk::Chunk;
 use super::wal::{self, Record, RecordWriter, SegmentEnd};
 
 const PREFIX: &str = "checkpoint.";
@@ -116,12 +125,13 @@ pub(crate) fn write(dir: &Path, upto: u32, keep_from: i64) -> Result<Option<Outc
         ..Outcome::default()
     };
     let mut failure: Option<StoreError> = None;
+    let mut samples = Kept::default();
     for input in &inputs {
         let end = wal::read_segment(input, |payload| {
             if failure.is_some() {
                 return;
             }
-            let kept = match filter_record(payload, keep_from, &mut outcome) {
+            let kept = match filter_record(payload, keep_from, &mut samples, &mut outcome) {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => return,
                 Err(e) => {
@@ -144,6 +154,17 @@ pub(crate) fn write(dir: &Path, upto: u32, keep_from: i64) -> Result<Option<Outc
             );
         }
     }
+    if failure.is_none() {
+        match samples.records() {
+            Ok(bytes) => {
+                if let Err(e) = out.write_all(&bytes) {
+                    failure = Some(StoreError::io("write WAL checkpoint", &tmp, e));
+                }
+                outcome.bytes_written += bytes.len() as u64;
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
     if let Some(e) = failure {
         drop(out);
         let _ = std::fs::remove_file(&tmp);
@@ -162,12 +183,60 @@ pub(crate) fn write(dir: &Path, upto: u32, keep_from: i64) -> Result<Option<Outc
     Ok(Some(outcome))
 }
 
-/// The part of one record a checkpoint keeps, framed; `None` if nothing.
+/// The samples a checkpoint keeps, per series ref, in chunks of up to a block chunk's size,
+/// in the order they came.
+#[derive(Default)]
+struct Kept {
+    chunks: BTreeMap<u64, Vec<Chunk>>,
+}
+
+impl Kept {
+    fn add(&mut self, sref: u64, t: i64, v: f64) {
+        let chunks = self.chunks.entry(sref).or_default();
+        match chunks.last_mut() {
+            Some(c) if usize::from(c.len()) < SAMPLES_PER_BLOCK_CHUNK => {
+                c.append(t, v);
+            }
+            _ => {
+                let mut c = Chunk::new();
+                c.append(t, v);
+                chunks.push(c);
+            }
+        }
+    }
+
+    /// CHUNKS records of everything kept, each chunk packed when that is smaller.
+    fn records(self) -> Result<Vec<u8>, StoreError> {
+        let mut w = RecordWriter::new(wal::TYPE_CHUNKS);
+        for (sref, chunks) in self.chunks {
+            for c in chunks {
+                let samples: Vec<Sample> = c.iter().collect();
+                let packed = super::packed::encode(&samples).filter(|p| p.len() < c.bytes().len());
+                w.chunk(sref, packed.as_deref().unwrap_or(c.bytes()))?;
+            }
+        }
+        if w.is_empty() {
+            return Ok(Vec::new());
+        }
+        w.finish()
+    }
+}
+
+/// The part of one record a checkpoint keeps: SERIES records framed, samples into `kept`.
 fn filter_record(
     payload: &[u8],
     keep_from: i64,
+    kept: &mut Kept,
     outcome: &mut Outcome,
 ) -> Result<Option<Vec<u8>>, String> {
+    let mut keep = |sref: u64, t: i64, v: f64| {
+        if t >= keep_from {
+            kept.add(sref, t, v);
+            outcome.samples_kept += 1;
+        } else {
+            outcome.samples_dropped += 1;
+        }
+    };
     match wal::decode(payload).map_err(|e| e.to_string())? {
         Record::Series(entries) => {
             let mut w = RecordWriter::new(wal::TYPE_SERIES);
@@ -179,17 +248,20 @@ fn filter_record(
             finish(w)
         }
         Record::Samples(entries) => {
-            let mut w = RecordWriter::new(wal::TYPE_SAMPLES);
             for e in entries {
                 let e = e.map_err(|e| e.to_string())?;
-                if e.t >= keep_from {
-                    w.sample(e.sref, e.t, e.v).map_err(|e| e.to_string())?;
-                    outcome.samples_kept += 1;
-                } else {
-                    outcome.samples_dropped += 1;
+                keep(e.sref, e.t, e.v);
+            }
+            Ok(None)
+        }
+        Record::Chunks(entries) => {
+            for e in entries {
+                let e = e.map_err(|e| e.to_string())?;
+                for s in super::decimal::iter(e.chunk) {
+                    keep(e.sref, s.timestamp_ms, s.value);
                 }
             }
-            finish(w)
+            Ok(None)
         }
     }
 }

@@ -73,16 +73,33 @@ pub(crate) fn apply_record(
                         }
                     },
                 };
-                match head.append(slot, e.t, e.v) {
-                    Verdict::Append => out.stats.appended += 1,
-                    Verdict::Duplicate => out.stats.duplicates += 1,
-                    Verdict::Conflict => out.stats.conflicts += 1,
-                    Verdict::OutOfOrder => out.stats.out_of_order += 1,
+                append(head, slot, e.t, e.v, out);
+            }
+        }
+        Record::Chunks(entries) => {
+            for entry in entries {
+                let e = entry?;
+                let samples = super::decimal::iter(e.chunk);
+                let Some(slot) = head.slot_of_ref(e.sref) else {
+                    out.unknown_series += samples.count() as u64;
+                    continue;
+                };
+                for s in samples {
+                    append(head, slot, s.timestamp_ms, s.value, out);
                 }
             }
         }
     }
     Ok(())
+}
+
+fn append(head: &mut Head, slot: Slot, t: i64, v: f64, out: &mut Applied) {
+    match head.append(slot, t, v) {
+        Verdict::Append => out.stats.appended += 1,
+        Verdict::Duplicate => out.stats.duplicates += 1,
+        Verdict::Conflict => out.stats.conflicts += 1,
+        Verdict::OutOfOrder => out.stats.out_of_order += 1,
+    }
 }
 
 /// Starts the commit thread. It exits once every sender is gone and the queue is drained,

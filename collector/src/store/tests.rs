@@ -953,6 +953,98 @@ async fn cut_blocks_answer_queries_and_survive_reopen() {
     store.close();
 }
 
+/// Record types and payload bytes of a WAL file.
+fn wal_records(path: &Path) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    wal::read_segment(path, |p| out.push((p[0], p.len()))).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn checkpoints_keep_the_head_samples_as_chunks_and_replay_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        wal_segment_bytes: 4096,
+        block_range: Duration::from_millis(100_000),
+        retention: Duration::ZERO,
+        maintenance_interval: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    // Integer counters (packed chunks) and thirds (Gorilla chunks), ten samples per append.
+    for part in (0..300_000i64).step_by(1000).collect::<Vec<_>>().chunks(10) {
+        let counter: Vec<(i64, f64)> = part.iter().map(|&t| (t, (t / 7) as f64)).collect();
+        let thirds: Vec<(i64, f64)> = part.iter().map(|&t| (t, t as f64 / 3.0)).collect();
+        store
+            .append(&batch(&[
+                ("c", &[("x", "1")], &counter),
+                ("g", &[("x", "2")], &thirds),
+            ]))
+            .await
+            .unwrap();
+    }
+    // A conflicting value for a sample the head holds: refused, but in the WAL.
+    let conflict = store
+        .append(&batch(&[("c", &[("x", "1")], &[(250_000, 1.0)])]))
+        .await
+        .unwrap();
+    assert_eq!(conflict, stats(0, 0, 0, 1));
+    let before = dump(&store);
+    let wal_before: u64 = segment_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let report = store.maintain().unwrap();
+    assert!(report.blocks_cut > 0);
+    assert!(report.checkpointed_segments_up_to.is_some());
+    let wal = dir.path().join("wal");
+    let checkpoint = checkpoint::path(&wal, checkpoint::latest(&wal).unwrap().unwrap());
+    let records = wal_records(&checkpoint);
+    // SERIES first, then the kept samples as CHUNKS, no SAMPLES.
+    assert_eq!(records.first().map(|r| r.0), Some(wal::TYPE_SERIES));
+    assert!(records.iter().any(|r| r.0 == wal::TYPE_CHUNKS));
+    assert!(records.iter().all(|r| r.0 != wal::TYPE_SAMPLES));
+    let series_records = records
+        .iter()
+        .take_while(|r| r.0 == wal::TYPE_SERIES)
+        .count();
+    assert!(
+        records[series_records..]
+            .iter()
+            .all(|r| r.0 == wal::TYPE_CHUNKS)
+    );
+    let kept = store.stats().samples_in_head;
+    let checkpoint_bytes = std::fs::metadata(&checkpoint).unwrap().len();
+    assert!(kept > 100);
+    assert!(
+        checkpoint_bytes < wal_before / 4,
+        "{checkpoint_bytes} bytes of checkpoint for {kept} samples, from {wal_before}"
+    );
+    // Replay gives back the same samples: the conflicting value still lost to the first.
+    store.close();
+    drop(store);
+    let store = Store::open(StoreConfig {
+        wal_segment_bytes: 4096,
+        block_range: Duration::from_millis(100_000),
+        retention: Duration::ZERO,
+        maintenance_interval: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    assert_eq!(dump(&store), before);
+    let replay = store.replay_report();
+    assert_eq!((replay.damaged_segments, replay.orphan_samples), (0, 0));
+    // A second checkpoint reads the first one's chunks and keeps them.
+    fill(&store, 300_000, 400_000).await;
+    let all = dump(&store);
+    store.maintain().unwrap();
+    store.close();
+    drop(store);
+    let store = open_with_blocks(dir.path(), 100_000);
+    assert_eq!(dump(&store), all);
+    store.close();
+}
+
 #[tokio::test]
 async fn retention_deletes_old_blocks_by_age_and_by_size() {
     let dir = tempfile::tempdir().unwrap();

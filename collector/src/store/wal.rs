@@ -7,14 +7,24 @@
 //! record   [u32 LE payload length][u32 LE CRC-32 (IEEE) of the payload][payload]
 //! payload  [u8 type][entries until the end of the payload]
 //! type 1   SERIES:  entry = uvarint ref, string name, uvarint label count, (string, string)*
-//! type 2   SAMPLES: entry = zigzag varint ref delta, zigzag varint timestamp delta,
+//! type 2   SAMPLES (written before type 3 existed, still read):
+//!                   entry = zigzag varint ref delta, zigzag varint timestamp delta,
 //!                   8 bytes LE f64 bits
+//! type 3   SAMPLES: entry = zigzag varint ref delta, zigzag varint timestamp delta, value
+//! type 4   CHUNKS:  entry = uvarint ref, uvarint byte length, a block chunk of the series'
+//!                   samples (any form [`super::decimal::iter`] reads); checkpoints write them
 //! string   uvarint byte length, UTF-8 bytes
+//! value    uvarint u, then:
+//!            u even         the integer zigzag(u >> 1)
+//!            u = 2k + 1     k = 0: 8 bytes LE f64 bits; 1 <= k <= 6: a zigzag varint m, the
+//!                           value m / 10^k (chosen only when that gives back the same bits)
 //! ```
 //! A series' `ref` is its id in the log, assigned once and never reused. The deltas of a
 //! SAMPLES record are taken against the previous entry of the same record (the first one
-//! against 0), so a batch of many series at one timestamp costs about ten bytes a sample.
-//! Record types are extensible: replay skips a type it does not know, with a warning.
+//! against 0), so a batch of many series at one timestamp costs a byte or two a sample plus
+//! its value: an integer or a short decimal (most of what hosts report) takes its varint, a
+//! few bytes, anything else 9 bytes. Record types are extensible: replay skips a type it
+//! does not know, with a warning.
 //!
 //! # Writing
 //! [`SegmentWriter`] appends whole groups of records and fsyncs them (`fdatasync`) under the
@@ -46,7 +56,11 @@ use crate::queue::FsyncPolicy;
 
 pub(crate) const HEADER_LEN: usize = 8;
 pub(crate) const TYPE_SERIES: u8 = 1;
-pub(crate) const TYPE_SAMPLES: u8 = 2;
+pub(crate) const TYPE_SAMPLES_F64: u8 = 2;
+pub(crate) const TYPE_SAMPLES: u8 = 3;
+pub(crate) const TYPE_CHUNKS: u8 = 4;
+/// Largest decimal exponent of a SAMPLES value.
+const MAX_VALUE_EXPONENT: u64 = 6;
 /// Segment names have eight digits.
 const MAX_SEGMENT_INDEX: u32 = 99_999_999;
 /// Records are cut at about this payload size, bounding what replay holds in memory at once.
@@ -114,14 +128,27 @@ impl RecordWriter {
         Ok(())
     }
 
-    /// Adds a SAMPLES entry.
+    /// Adds a SAMPLES entry (of the writer's SAMPLES type).
     pub(crate) fn sample(&mut self, sref: u64, t: i64, v: f64) -> Result<(), StoreError> {
         self.begin_entry()?;
         put_varint(&mut self.buf, sref.wrapping_sub(self.prev_ref) as i64);
         put_varint(&mut self.buf, t.wrapping_sub(self.prev_t));
-        self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        if self.ty == TYPE_SAMPLES_F64 {
+            self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        } else {
+            put_value(&mut self.buf, v);
+        }
         self.prev_ref = sref;
         self.prev_t = t;
+        Ok(())
+    }
+
+    /// Adds a CHUNKS entry: one block chunk of series `sref`.
+    pub(crate) fn chunk(&mut self, sref: u64, chunk: &[u8]) -> Result<(), StoreError> {
+        self.begin_entry()?;
+        put_uvarint(&mut self.buf, sref);
+        put_uvarint(&mut self.buf, chunk.len() as u64);
+        self.buf.extend_from_slice(chunk);
         Ok(())
     }
 
@@ -157,7 +184,43 @@ fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
 }
 
 fn put_varint(buf: &mut Vec<u8>, x: i64) {
-    put_uvarint(buf, ((x << 1) ^ (x >> 63)) as u64);
+    put_uvarint(buf, zigzag(x));
+}
+
+/// Integers below this magnitude are exact as `f64`.
+const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// `v x 10^k` as an integer, if dividing it by `10^k` gives back `v` bit for bit.
+fn scaled_integer(v: f64, k: u64) -> Option<i64> {
+    let scale = POW10[k as usize];
+    let m = (v * scale).round();
+    if !m.is_finite() || m.abs() >= MAX_EXACT_INT {
+        return None;
+    }
+    let m = m as i64;
+    ((m as f64 / scale).to_bits() == v.to_bits()).then_some(m)
+}
+
+const POW10: [f64; MAX_VALUE_EXPONENT as usize + 1] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+
+fn put_value(buf: &mut Vec<u8>, v: f64) {
+    if let Some(m) = scaled_integer(v, 0) {
+        put_uvarint(buf, zigzag(m) << 1);
+        return;
+    }
+    for k in 1..=MAX_VALUE_EXPONENT {
+        if let Some(m) = scaled_integer(v, k) {
+            put_uvarint(buf, (k << 1) | 1);
+            put_varint(buf, m);
+            return;
+        }
+    }
+    put_uvarint(buf, 1);
+    buf.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
 }
 
 fn put_str(buf: &mut Vec<u8>, s: &str) {
@@ -181,6 +244,8 @@ pub(crate) enum DecodeError {
     VarintOverflow,
     #[error("string is not UTF-8")]
     NotUtf8,
+    #[error("sample value tag {0} is not defined")]
+    ValueTag(u64),
 }
 
 /// A decoded record, borrowing the payload.
@@ -188,17 +253,20 @@ pub(crate) enum DecodeError {
 pub(crate) enum Record<'a> {
     Series(SeriesEntries<'a>),
     Samples(SampleEntries<'a>),
+    Chunks(ChunkEntries<'a>),
 }
 
 pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     let (&ty, rest) = payload.split_first().ok_or(DecodeError::Empty)?;
     match ty {
         TYPE_SERIES => Ok(Record::Series(SeriesEntries { c: Cursor(rest) })),
-        TYPE_SAMPLES => Ok(Record::Samples(SampleEntries {
+        TYPE_SAMPLES_F64 | TYPE_SAMPLES => Ok(Record::Samples(SampleEntries {
             c: Cursor(rest),
             prev_ref: 0,
             prev_t: 0,
+            compact: ty == TYPE_SAMPLES,
         })),
+        TYPE_CHUNKS => Ok(Record::Chunks(ChunkEntries { c: Cursor(rest) })),
         other => Err(DecodeError::UnknownType(other)),
     }
 }
@@ -255,6 +323,8 @@ pub(crate) struct SampleEntries<'a> {
     c: Cursor<'a>,
     prev_ref: u64,
     prev_t: i64,
+    /// Values in the SAMPLES form (type 3) rather than as raw bits (type 2).
+    compact: bool,
 }
 
 impl Iterator for SampleEntries<'_> {
@@ -267,7 +337,11 @@ impl Iterator for SampleEntries<'_> {
         let entry = (|| {
             let sref = self.prev_ref.wrapping_add(self.c.varint()? as u64);
             let t = self.prev_t.wrapping_add(self.c.varint()?);
-            let v = f64::from_bits(u64::from_le_bytes(self.c.array()?));
+            let v = if self.compact {
+                self.c.value()?
+            } else {
+                f64::from_bits(u64::from_le_bytes(self.c.array()?))
+            };
             Ok(SampleEntry { sref, t, v })
         })();
         match entry {
@@ -276,6 +350,40 @@ impl Iterator for SampleEntries<'_> {
                 self.prev_t = e.t;
             }
             Err(_) => self.c.0 = &[],
+        }
+        Some(entry)
+    }
+}
+
+/// One entry of a CHUNKS record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ChunkEntry<'a> {
+    pub(crate) sref: u64,
+    pub(crate) chunk: &'a [u8],
+}
+
+#[derive(Debug)]
+pub(crate) struct ChunkEntries<'a> {
+    c: Cursor<'a>,
+}
+
+impl<'a> Iterator for ChunkEntries<'a> {
+    type Item = Result<ChunkEntry<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.c.0.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let sref = self.c.uvarint()?;
+            let len = self.c.uvarint()?;
+            Ok(ChunkEntry {
+                sref,
+                chunk: self.c.bytes(len)?,
+            })
+        })();
+        if entry.is_err() {
+            self.c.0 = &[];
         }
         Some(entry)
     }
@@ -307,6 +415,19 @@ impl<'a> Cursor<'a> {
     fn varint(&mut self) -> Result<i64, DecodeError> {
         let u = self.uvarint()?;
         Ok((u >> 1) as i64 ^ -((u & 1) as i64))
+    }
+
+    fn value(&mut self) -> Result<f64, DecodeError> {
+        let u = self.uvarint()?;
+        if u & 1 == 0 {
+            let m = ((u >> 1) >> 1) as i64 ^ -(((u >> 1) & 1) as i64);
+            return Ok(m as f64);
+        }
+        match u >> 1 {
+            0 => Ok(f64::from_bits(u64::from_le_bytes(self.array()?))),
+            k @ 1..=MAX_VALUE_EXPONENT => Ok(self.varint()? as f64 / POW10[k as usize]),
+            _ => Err(DecodeError::ValueTag(u)),
+        }
     }
 
     fn bytes(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
@@ -835,9 +956,87 @@ mod tests {
     }
 
     #[test]
+    fn sample_values_round_trip_bit_for_bit_and_short_ones_are_short() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            4_294_967_296.0,
+            -9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            1e300,
+            0.25,
+            12_345.67,
+            -0.000_001,
+            0.123_456_7,
+            1.0 / 3.0,
+            f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0002),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+        ];
+        for ty in [TYPE_SAMPLES, TYPE_SAMPLES_F64] {
+            let mut w = RecordWriter::new(ty);
+            for (i, &v) in values.iter().enumerate() {
+                w.sample(i as u64, 1_700_000_000_000, v).unwrap();
+            }
+            let bytes = w.finish().unwrap();
+            let payloads: Vec<_> = frames(&bytes).collect::<Result<_, _>>().unwrap();
+            let Ok(Record::Samples(entries)) = decode(payloads[0]) else {
+                panic!("samples record expected")
+            };
+            let got: Vec<u64> = entries.map(|e| e.unwrap().v.to_bits()).collect();
+            let want: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "type {ty}");
+        }
+        // A host's batch: one timestamp, integer counters and gauges of up to 2^32.
+        let mut w = RecordWriter::new(TYPE_SAMPLES);
+        for i in 0..1000u64 {
+            w.sample(i, 1_700_000_000_000, (i * 4_000_037 % 4_294_967_296) as f64)
+                .unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        assert!(bytes.len() < 1000 * 7, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn chunk_records_round_trip() {
+        let mut w = RecordWriter::new(TYPE_CHUNKS);
+        w.chunk(3, b"abc").unwrap();
+        w.chunk(u64::MAX, b"").unwrap();
+        let bytes = w.finish().unwrap();
+        let payloads: Vec<_> = frames(&bytes).collect::<Result<_, _>>().unwrap();
+        let Ok(Record::Chunks(entries)) = decode(payloads[0]) else {
+            panic!("chunks record expected")
+        };
+        let got: Vec<_> = entries.collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got,
+            [
+                ChunkEntry {
+                    sref: 3,
+                    chunk: b"abc"
+                },
+                ChunkEntry {
+                    sref: u64::MAX,
+                    chunk: b""
+                }
+            ]
+        );
+        // A length past the record's end ends the iteration with an error.
+        let mut entries = ChunkEntries {
+            c: Cursor(&[3, 9, b'a']),
+        };
+        assert_eq!(entries.next(), Some(Err(DecodeError::Truncated)));
+        assert_eq!(entries.next(), None);
+    }
+
+    #[test]
     fn large_inputs_are_split_into_several_records() {
         let mut w = RecordWriter::new(TYPE_SAMPLES);
-        for i in 0..200_000u64 {
+        for i in 0..500_000u64 {
             w.sample(i, i as i64, i as f64).unwrap();
         }
         let bytes = w.finish().unwrap();
@@ -855,7 +1054,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert_eq!(n, 200_000);
+        assert_eq!(n, 500_000);
     }
 
     #[test]
@@ -973,6 +1172,7 @@ mod tests {
                 match record {
                     Record::Series(entries) => entries.for_each(drop),
                     Record::Samples(entries) => entries.for_each(drop),
+                    Record::Chunks(entries) => entries.for_each(drop),
                 }
             }
         }
