@@ -5,7 +5,11 @@
 //!    copied cannot change), the block is written and made queryable, and only then does the
 //!    head stop serving and free what is below `hi`. A query in between may see a sample in
 //!    both places; the store's merge drops the repeat.
-//! 2. **Checkpoint** the WAL segments before the one being written (see [`super::checkpoint`]).
+//! 2. **Checkpoint** the WAL segments before the one being written (see [`super::checkpoint`])
+//!    after a cut, and whenever the completed segments since the last checkpoint outgrow it:
+//!    a checkpoint keeps the head's samples as chunks, several times smaller than the
+//!    segments' records, so the WAL stays a fraction of what the head has seen since its
+//!    last cut.
 //! 3. **Compact**: blocks that together fill an aligned window of 3x, 9x, ... the block range
 //!    (up to a tenth of the retention) and that no later cut can add to are merged into one.
 //!    One merge per run, so a run stays short.
@@ -136,7 +140,7 @@ impl Store {
             self.cut(lo, lo + range)?;
             report.blocks_cut += 1;
         }
-        if report.blocks_cut > 0 {
+        if report.blocks_cut > 0 || self.checkpoint_due()? {
             report.checkpointed_segments_up_to = self.checkpoint()?;
         }
         if self.compact_once()? {
@@ -204,6 +208,24 @@ impl Store {
         blocks.retain(|b| !replaced.contains(&b.name));
         blocks.push(Arc::new(block));
         blocks.sort_by_key(|b| (b.meta.min_t, b.meta.max_t));
+    }
+
+    /// Whether the completed segments after the latest checkpoint hold more bytes than it.
+    fn checkpoint_due(&self) -> Result<bool, StoreError> {
+        let current = self.inner.wal_segment.load(Ordering::Acquire);
+        let wal_dir = self.inner.cfg.dir.join("wal");
+        let latest = checkpoint::latest(&wal_dir)?;
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let completed: Vec<u32> = super::wal::list_segments(&wal_dir)?
+            .into_iter()
+            .filter(|&s| s < current && latest.is_none_or(|c| s > c))
+            .collect();
+        let since: u64 = completed
+            .iter()
+            .map(|&s| size(&super::wal::segment_path(&wal_dir, s)))
+            .sum();
+        let checkpointed = latest.map_or(0, |c| size(&checkpoint::path(&wal_dir, c)));
+        Ok(!completed.is_empty() && since >= checkpointed)
     }
 
     /// Checkpoints the WAL segments before the one being written.

@@ -97,7 +97,7 @@ pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(3);
 pub struct StoreConfig {
     /// Data directory; created if missing.
     pub dir: PathBuf,
-    /// A WAL segment is cut before it would grow past this many bytes (default 64 MiB).
+    /// A WAL segment is cut before it would grow past this many bytes (default 16 MiB).
     pub wal_segment_bytes: u64,
     /// Time range of a block cut from the head (default 2 h); the head is cut once it spans
     /// one and a half of these. Compaction merges blocks into ranges of 3x, 9x, ... this.
@@ -127,7 +127,7 @@ impl StoreConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            wal_segment_bytes: 64 << 20,
+            wal_segment_bytes: 16 << 20,
             block_range: Duration::from_secs(2 * 3600),
             retention: Duration::from_secs(15 * 24 * 3600),
             retention_bytes: 0,

@@ -1046,6 +1046,65 @@ async fn checkpoints_keep_the_head_samples_as_chunks_and_replay_them_in_order() 
 }
 
 #[tokio::test]
+async fn the_wal_is_checkpointed_when_its_segments_outgrow_the_checkpoint_without_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        wal_segment_bytes: 2048,
+        block_range: Duration::from_secs(3600),
+        retention: Duration::ZERO,
+        maintenance_interval: Duration::ZERO,
+        ..StoreConfig::new(dir.path())
+    })
+    .unwrap();
+    let wal_bytes = || -> u64 {
+        std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    for round in 0..3i64 {
+        // Integer counters, as hosts report them: a few bytes a sample in SAMPLES records,
+        // a bit or two in chunks.
+        for t in (round * 20_000..(round + 1) * 20_000).step_by(100) {
+            let v = [(t, (t / 100 * 37) as f64)];
+            store
+                .append(&batch(&[
+                    ("a", &[("x", "1")], &v),
+                    ("b", &[("x", "2")], &v),
+                ]))
+                .await
+                .unwrap();
+        }
+        let before = wal_bytes();
+        let report = store.maintain().unwrap();
+        assert_eq!(report.blocks_cut, 0);
+        assert!(
+            report.checkpointed_segments_up_to.is_some(),
+            "round {round}"
+        );
+        assert!(
+            wal_bytes() < before / 2,
+            "round {round}: {} of {before} bytes",
+            wal_bytes()
+        );
+        // Nothing new since: no checkpoint.
+        assert!(
+            store
+                .maintain()
+                .unwrap()
+                .checkpointed_segments_up_to
+                .is_none()
+        );
+    }
+    let all = dump(&store);
+    store.close();
+    drop(store);
+    let store = open_with_blocks(dir.path(), 3_600_000);
+    assert_eq!(dump(&store), all);
+    store.close();
+}
+
+#[tokio::test]
 async fn retention_deletes_old_blocks_by_age_and_by_size() {
     let dir = tempfile::tempdir().unwrap();
     let now = sonde_common::model::now_ms();
