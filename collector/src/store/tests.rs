@@ -785,8 +785,12 @@ async fn tenants_are_namespaces() {
 // Blocks, checkpoints, compaction, retention
 
 fn open_with_blocks(dir: &Path, range_ms: u64) -> Store {
+    open_with_segments(dir, 512, range_ms)
+}
+
+fn open_with_segments(dir: &Path, segment_bytes: u64, range_ms: u64) -> Store {
     Store::open(StoreConfig {
-        wal_segment_bytes: 512,
+        wal_segment_bytes: segment_bytes,
         block_range: Duration::from_millis(range_ms),
         retention: Duration::ZERO,
         maintenance_interval: Duration::ZERO,
@@ -963,14 +967,7 @@ fn wal_records(path: &Path) -> Vec<(u8, usize)> {
 #[tokio::test]
 async fn checkpoints_keep_the_head_samples_as_chunks_and_replay_them_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig {
-        wal_segment_bytes: 4096,
-        block_range: Duration::from_millis(100_000),
-        retention: Duration::ZERO,
-        maintenance_interval: Duration::ZERO,
-        ..StoreConfig::new(dir.path())
-    })
-    .unwrap();
+    let store = open_with_segments(dir.path(), 4096, 100_000);
     // Integer counters (packed chunks) and thirds (Gorilla chunks), ten samples per append.
     for part in (0..300_000i64).step_by(1000).collect::<Vec<_>>().chunks(10) {
         let counter: Vec<(i64, f64)> = part.iter().map(|&t| (t, (t / 7) as f64)).collect();
@@ -1023,14 +1020,7 @@ async fn checkpoints_keep_the_head_samples_as_chunks_and_replay_them_in_order() 
     // Replay gives back the same samples: the conflicting value still lost to the first.
     store.close();
     drop(store);
-    let store = Store::open(StoreConfig {
-        wal_segment_bytes: 4096,
-        block_range: Duration::from_millis(100_000),
-        retention: Duration::ZERO,
-        maintenance_interval: Duration::ZERO,
-        ..StoreConfig::new(dir.path())
-    })
-    .unwrap();
+    let store = open_with_segments(dir.path(), 4096, 100_000);
     assert_eq!(dump(&store), before);
     let replay = store.replay_report();
     assert_eq!((replay.damaged_segments, replay.orphan_samples), (0, 0));
@@ -1048,14 +1038,7 @@ async fn checkpoints_keep_the_head_samples_as_chunks_and_replay_them_in_order() 
 #[tokio::test]
 async fn the_wal_is_checkpointed_when_its_segments_outgrow_the_checkpoint_without_a_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig {
-        wal_segment_bytes: 2048,
-        block_range: Duration::from_secs(3600),
-        retention: Duration::ZERO,
-        maintenance_interval: Duration::ZERO,
-        ..StoreConfig::new(dir.path())
-    })
-    .unwrap();
+    let store = open_with_segments(dir.path(), 2048, 3_600_000);
     let wal_bytes = || -> u64 {
         std::fs::read_dir(dir.path().join("wal"))
             .unwrap()
