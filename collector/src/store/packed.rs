@@ -197,94 +197,146 @@ pub(crate) enum Malformed {
     Sequence,
 }
 
-/// Bits `[bit, bit + width)` of `bytes`, least significant first; the caller has checked that
-/// they lie within `bytes`.
-#[inline(always)]
-fn bits_at(bytes: &[u8], bit: usize, width: u32) -> u64 {
-    let p = bit >> 3;
-    let shift = (bit & 7) as u32;
-    let mask = if width == 64 {
-        u64::MAX
-    } else {
-        (1u64 << width) - 1
-    };
-    if width <= 56
-        && let Some(Ok(word)) = bytes.get(p..p + 8).map(<[u8; 8]>::try_from)
-    {
-        return (u64::from_le_bytes(word) >> shift) & mask;
-    }
-    let mut buf = [0u8; 16];
-    let tail = bytes.get(p..).unwrap_or_default();
-    let n = tail.len().min(9);
-    buf[..n].copy_from_slice(&tail[..n]);
-    ((u128::from_le_bytes(buf) >> shift) as u64) & mask
+/// The header of one sequence: what [`Sequence::decode`] needs.
+struct Sequence<'a> {
+    /// The bit-packed residuals, checked to hold `n - order` of them.
+    packed: &'a [u8],
+    width: u32,
+    base: i64,
+    order: usize,
+    first: i64,
+    first_delta: i64,
+    n: usize,
 }
 
-/// Decodes one sequence of `n` integers from `bytes[*pos..]`, handing each to `put(i, x)`.
-#[inline(always)]
-fn read_sequence(
-    bytes: &[u8],
-    pos: &mut usize,
-    n: usize,
-    mut put: impl FnMut(usize, i64),
-) -> Result<(), Malformed> {
-    let seq = |pos: &mut usize| read_uvarint(bytes, pos).ok_or(Malformed::Sequence);
-    let order = usize::from(*bytes.get(*pos).ok_or(Malformed::Sequence)?);
-    *pos += 1;
-    if order > 2 || order > n {
-        return Err(Malformed::Sequence);
+impl<'a> Sequence<'a> {
+    /// Parses the header of a sequence of `n` integers at `bytes[*pos..]` and moves `*pos`
+    /// past the sequence.
+    fn parse(bytes: &'a [u8], pos: &mut usize, n: usize) -> Result<Self, Malformed> {
+        let byte = |pos: &mut usize| {
+            let b = *bytes.get(*pos).ok_or(Malformed::Sequence)?;
+            *pos += 1;
+            Ok(b)
+        };
+        let order = usize::from(byte(pos)?);
+        if order > 2 || order > n {
+            return Err(Malformed::Sequence);
+        }
+        let varint = |pos: &mut usize| {
+            read_uvarint(bytes, pos)
+                .map(unzigzag)
+                .ok_or(Malformed::Sequence)
+        };
+        let first = if order >= 1 { varint(pos)? } else { 0 };
+        let first_delta = if order >= 2 { varint(pos)? } else { 0 };
+        let base = varint(pos)?;
+        let width = u32::from(byte(pos)?);
+        if width > 64 {
+            return Err(Malformed::Sequence);
+        }
+        let packed_len = ((n - order) * width as usize).div_ceil(8);
+        let packed = bytes
+            .get(*pos..*pos + packed_len)
+            .ok_or(Malformed::Sequence)?;
+        *pos += packed_len;
+        Ok(Sequence {
+            packed,
+            width,
+            base,
+            order,
+            first,
+            first_delta,
+            n,
+        })
     }
-    let first = if order >= 1 { unzigzag(seq(pos)?) } else { 0 };
-    let first_delta = if order >= 2 { unzigzag(seq(pos)?) } else { 0 };
-    let base = unzigzag(seq(pos)?);
-    let width = u32::from(*bytes.get(*pos).ok_or(Malformed::Sequence)?);
-    *pos += 1;
-    if width > 64 {
-        return Err(Malformed::Sequence);
-    }
-    let count = n - order;
-    let packed_len = (count * width as usize).div_ceil(8);
-    let packed = bytes
-        .get(*pos..*pos + packed_len)
-        .ok_or(Malformed::Sequence)?;
-    *pos += packed_len;
-    let residual = |i: usize| base.wrapping_add(bits_at(packed, i * width as usize, width) as i64);
-    match order {
-        0 => (0..n).for_each(|i| put(i, residual(i))),
-        1 => {
-            let mut x = first;
-            put(0, x);
-            for i in 1..n {
-                x = x.wrapping_add(residual(i - 1));
-                put(i, x);
+
+    /// Decodes the sequence into `out` (resized to `n`), using `padded` as scratch.
+    fn decode(&self, padded: &mut Vec<u8>, out: &mut Vec<i64>) {
+        out.clear();
+        out.resize(self.n, 0);
+        let (heads, residuals) = out.split_at_mut(self.order);
+        unpack(self.packed, self.width, self.base, padded, residuals);
+        match heads {
+            [] => {}
+            [x0] => {
+                *x0 = self.first;
+                let mut x = self.first;
+                for r in residuals {
+                    x = x.wrapping_add(*r);
+                    *r = x;
+                }
+            }
+            [x0, x1, ..] => {
+                *x0 = self.first;
+                *x1 = self.first.wrapping_add(self.first_delta);
+                let (mut x, mut d) = (*x1, self.first_delta);
+                for r in residuals {
+                    d = d.wrapping_add(*r);
+                    x = x.wrapping_add(d);
+                    *r = x;
+                }
             }
         }
-        _ => {
-            let (mut x, mut d) = (first, first_delta);
-            put(0, x);
-            x = x.wrapping_add(d);
-            put(1, x);
-            for i in 2..n {
-                d = d.wrapping_add(residual(i - 2));
-                x = x.wrapping_add(d);
-                put(i, x);
+    }
+}
+
+/// Unpacks `out.len()` values of `width` bits (least significant first) from `packed`, each
+/// plus `base`. `padded` is scratch: the bytes are copied into it with eight zero bytes after
+/// them, so that every value is one unaligned 8-byte load.
+fn unpack(packed: &[u8], width: u32, base: i64, padded: &mut Vec<u8>, out: &mut [i64]) {
+    if width == 0 {
+        out.fill(base);
+        return;
+    }
+    padded.clear();
+    padded.extend_from_slice(packed);
+    padded.extend_from_slice(&[0; 16]);
+    if width <= 56 {
+        let mask = (1u64 << width) - 1;
+        let mut bit = 0usize;
+        for o in out.iter_mut() {
+            let p = bit >> 3;
+            let mut word = [0u8; 8];
+            if let Some(w) = padded.get(p..p + 8) {
+                word.copy_from_slice(w);
             }
+            *o = base.wrapping_add(((u64::from_le_bytes(word) >> (bit & 7)) & mask) as i64);
+            bit += width as usize;
+        }
+    } else {
+        let mask = if width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        };
+        let mut bit = 0usize;
+        for o in out.iter_mut() {
+            let p = bit >> 3;
+            let mut word = [0u8; 16];
+            if let Some(w) = padded.get(p..p + 16) {
+                word.copy_from_slice(w);
+            }
+            let raw = (u128::from_le_bytes(word) >> (bit & 7)) as u64;
+            *o = base.wrapping_add((raw & mask) as i64);
+            bit += width as usize;
         }
     }
-    Ok(())
+}
+
+/// Scratch space for decoding, reused by each thread.
+#[derive(Default)]
+struct Scratch {
+    padded: Vec<u8>,
+    times: Vec<i64>,
+    values: Vec<i64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// Appends the samples of packed chunk `bytes` to `out`; on error `out` is left as it was.
 pub(crate) fn decode_into(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), Malformed> {
-    let start = out.len();
-    let r = decode_tail(bytes, out, start);
-    if r.is_err() {
-        out.truncate(start);
-    }
-    r
-}
-
-fn decode_tail(bytes: &[u8], out: &mut Vec<Sample>, start: usize) -> Result<(), Malformed> {
     let [MARKER, k, ..] = *bytes else {
         return Err(Malformed::Header);
     };
@@ -298,15 +350,21 @@ fn decode_tail(bytes: &[u8], out: &mut Vec<Sample>, start: usize) -> Result<(), 
         return Err(Malformed::Header);
     }
     let n = n as usize;
-    out.reserve(n);
-    read_sequence(bytes, &mut pos, n, |_, t| out.push(Sample::new(t, 0.0)))?;
-    let scale = pow10(k);
-    let samples = &mut out[start..];
-    read_sequence(bytes, &mut pos, n, |i, m| {
-        if let Some(s) = samples.get_mut(i) {
-            s.value = m as f64 / scale;
+    // Both headers are checked before anything is appended.
+    let times = Sequence::parse(bytes, &mut pos, n)?;
+    let values = Sequence::parse(bytes, &mut pos, n)?;
+    SCRATCH.with_borrow_mut(|s| {
+        times.decode(&mut s.padded, &mut s.times);
+        values.decode(&mut s.padded, &mut s.values);
+        let pairs = s.times.iter().zip(&s.values);
+        if k == 0 {
+            out.extend(pairs.map(|(&t, &m)| Sample::new(t, m as f64)));
+        } else {
+            let scale = pow10(k);
+            out.extend(pairs.map(|(&t, &m)| Sample::new(t, m as f64 / scale)));
         }
-    })
+    });
+    Ok(())
 }
 
 #[cfg(test)]
