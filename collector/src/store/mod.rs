@@ -538,39 +538,7 @@ impl Store {
         let found = if blocks.is_empty() {
             head
         } else {
-            // Blocks oldest first, then the head: each series' pieces arrive in time order, and
-            // are joined once, into a vector of the right size.
-            let mut pieces: std::collections::BTreeMap<Series, Vec<Vec<Sample>>> =
-                std::collections::BTreeMap::new();
-            for (series, samples) in blocks
-                .iter()
-                .flat_map(|b| b.select(&matchers, start_ms, end_ms))
-                .chain(head)
-            {
-                pieces.entry(series).or_default().push(samples);
-            }
-            pieces
-                .into_iter()
-                .map(|(series, parts)| {
-                    let mut samples = match <[Vec<Sample>; 1]>::try_from(parts) {
-                        Ok([one]) => one,
-                        Err(parts) => {
-                            let mut all =
-                                Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>());
-                            for p in parts {
-                                all.extend(p);
-                            }
-                            all
-                        }
-                    };
-                    if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
-                        samples.sort_by_key(|s| s.timestamp_ms);
-                    }
-                    // A chunk straddling a cut can show a sample in a block and the head.
-                    samples.dedup_by_key(|s| s.timestamp_ms);
-                    (series, samples)
-                })
-                .collect()
+            join_pieces(&blocks, head, &matchers, start_ms, end_ms)
         };
         found
             .into_iter()
@@ -809,6 +777,82 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Each series matching `matchers` in `blocks` (oldest first) or `head` (what the head holds of
+/// the range), with its samples from all of them in time order: every block's samples of a
+/// series are decoded straight into one vector sized for them all, and the head's appended.
+fn join_pieces(
+    blocks: &[Arc<Block>],
+    head: Vec<(Series, Vec<Sample>)>,
+    matchers: &[Matcher],
+    start_ms: i64,
+    end_ms: i64,
+) -> Vec<(Series, Vec<Sample>)> {
+    /// Where a piece of a series is: a block's slot, or an entry of the head's selection.
+    #[derive(Clone, Copy)]
+    enum Piece {
+        Block(usize, Slot),
+        Head(usize),
+    }
+    let (head_series, mut head_samples): (Vec<Series>, Vec<Vec<Sample>>) = head.into_iter().unzip();
+    let mut pieces: Vec<(&Series, Piece)> = Vec::new();
+    for (b, block) in blocks.iter().enumerate() {
+        pieces.extend(
+            block
+                .select_slots(matchers, start_ms, end_ms)
+                .into_iter()
+                .map(|(slot, series)| (series, Piece::Block(b, slot))),
+        );
+    }
+    pieces.extend(
+        head_series
+            .iter()
+            .enumerate()
+            .map(|(i, series)| (series, Piece::Head(i))),
+    );
+    // Stable: a series' pieces stay oldest first (blocks in order, then the head).
+    pieces.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut ends = Vec::new();
+    for group in pieces.chunk_by(|a, b| a.0 == b.0) {
+        let capacity = group
+            .iter()
+            .map(|&(_, piece)| match piece {
+                Piece::Block(b, slot) => blocks[b].capacity_for(slot, start_ms, end_ms),
+                Piece::Head(i) => head_samples[i].len(),
+            })
+            .sum();
+        let mut samples: Vec<Sample> = Vec::with_capacity(capacity);
+        ends.clear();
+        for &(_, piece) in group {
+            match piece {
+                Piece::Block(b, slot) => {
+                    blocks[b].read_samples(slot, start_ms, end_ms, &mut buf, &mut samples);
+                }
+                Piece::Head(i) => samples.append(&mut head_samples[i]),
+            }
+            ends.push(samples.len());
+        }
+        // Each piece is in order; only where two meet can they be out of order or share a
+        // sample (a chunk straddling a cut shows a sample in a block and the head).
+        let in_order = ends.iter().all(|&at| {
+            at == 0
+                || at == samples.len()
+                || samples[at - 1].timestamp_ms < samples[at].timestamp_ms
+        });
+        if !in_order {
+            if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
+                samples.sort_by_key(|s| s.timestamp_ms);
+            }
+            samples.dedup_by_key(|s| s.timestamp_ms);
+        }
+        if !samples.is_empty() {
+            out.push((group[0].0.clone(), samples));
+        }
+    }
+    out
 }
 
 /// Encodes the samples of `view` that the head does not hold yet (plus the series' SERIES
