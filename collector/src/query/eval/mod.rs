@@ -20,6 +20,7 @@ mod binary;
 mod check;
 mod functions;
 mod select;
+mod steps;
 mod value;
 
 pub use check::{check, parse};
@@ -158,6 +159,19 @@ pub fn range_query(
     lookback_ms: i64,
     limits: QueryLimits,
 ) -> Result<Vec<RangeSeries>, EvalError> {
+    range_query_as(reader, query, (start, end, step), lookback_ms, limits, true)
+}
+
+/// [`range_query`], evaluated series by series over all steps at once where the expression
+/// allows it ([`steps`]) if `by_series`, else step by step.
+fn range_query_as(
+    reader: &dyn SeriesSource,
+    query: &str,
+    (start, end, step): (i64, i64, i64),
+    lookback_ms: i64,
+    limits: QueryLimits,
+    by_series: bool,
+) -> Result<Vec<RangeSeries>, EvalError> {
     let expr = parse(query).map_err(EvalError::BadData)?;
     match expr.value_type() {
         ValueType::Scalar | ValueType::Vector => {}
@@ -174,6 +188,12 @@ pub fn range_query(
     check(&expr)?;
     let mut ev = Evaluator::new(reader, start, end, lookback_ms, limits);
     ev.prefetch(&expr)?;
+    if by_series
+        && step > 0
+        && let Some(result) = steps::range(&ev, &expr, &steps::steps(start, end, step))?
+    {
+        return Ok(result);
+    }
     let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
     let mut t = start;
     while t <= end {
