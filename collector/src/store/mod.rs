@@ -532,21 +532,47 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<SeriesSamples> {
+        let mut out = Vec::new();
+        let Ok(()) = self.select_each_tenant::<std::convert::Infallible>(
+            tenant,
+            matchers,
+            start_ms,
+            end_ms,
+            |s| {
+                out.push(s);
+                Ok(())
+            },
+        );
+        out
+    }
+
+    /// Calls `f` with each series [`Store::select_tenant`] returns, in its order, one at a
+    /// time: the samples of a series in blocks are read when its turn comes, so a caller done
+    /// with each series before the next holds one series' samples at a time (besides what the
+    /// head holds of the range, copied first). Stops at `f`'s first error.
+    pub fn select_each_tenant<E>(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        mut f: impl FnMut(SeriesSamples) -> Result<(), E>,
+    ) -> Result<(), E> {
         let matchers = scoped(tenant, matchers);
         let blocks = self.blocks_in(start_ms, end_ms);
         let head = self.read().select(&matchers, start_ms, end_ms);
-        let found = if blocks.is_empty() {
-            head
-        } else {
-            join_pieces(&blocks, head, &matchers, start_ms, end_ms)
-        };
-        found
-            .into_iter()
-            .map(|(series, samples)| SeriesSamples {
+        let mut emit = |series, samples| {
+            f(SeriesSamples {
                 series: without_tenant(series),
                 samples,
             })
-            .collect()
+        };
+        if blocks.is_empty() {
+            return head
+                .into_iter()
+                .try_for_each(|(series, samples)| emit(series, samples));
+        }
+        join_pieces(&blocks, head, &matchers, (start_ms, end_ms), emit)
     }
 
     /// The blocks overlapping `[start_ms, end_ms]`, oldest first.
@@ -779,16 +805,17 @@ impl Store {
     }
 }
 
-/// Each series matching `matchers` in `blocks` (oldest first) or `head` (what the head holds of
-/// the range), with its samples from all of them in time order: every block's samples of a
-/// series are decoded straight into one vector sized for them all, and the head's appended.
-fn join_pieces(
+/// Calls `f` with each series matching `matchers` in `blocks` (oldest first) or `head` (what the
+/// head holds of the range), sorted, with its samples from all of them in time order: every
+/// block's samples of a series are decoded straight into one vector sized for them all, and
+/// the head's appended. Stops at `f`'s first error.
+fn join_pieces<E>(
     blocks: &[Arc<Block>],
     head: Vec<(Series, Vec<Sample>)>,
     matchers: &[Matcher],
-    start_ms: i64,
-    end_ms: i64,
-) -> Vec<(Series, Vec<Sample>)> {
+    (start_ms, end_ms): (i64, i64),
+    mut f: impl FnMut(Series, Vec<Sample>) -> Result<(), E>,
+) -> Result<(), E> {
     /// Where a piece of a series is: a block's slot, or an entry of the head's selection.
     #[derive(Clone, Copy)]
     enum Piece {
@@ -813,7 +840,6 @@ fn join_pieces(
     );
     // Stable: a series' pieces stay oldest first (blocks in order, then the head).
     pieces.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::new();
     let mut buf = Vec::new();
     let mut ends = Vec::new();
     for group in pieces.chunk_by(|a, b| a.0 == b.0) {
@@ -849,10 +875,10 @@ fn join_pieces(
             samples.dedup_by_key(|s| s.timestamp_ms);
         }
         if !samples.is_empty() {
-            out.push((group[0].0.clone(), samples));
+            f(group[0].0.clone(), samples)?;
         }
     }
-    out
+    Ok(())
 }
 
 /// Encodes the samples of `view` that the head does not hold yet (plus the series' SERIES

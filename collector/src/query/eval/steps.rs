@@ -3,14 +3,21 @@
 //! (`rate(x[5m])`, `max_over_time(x[1h] offset 1d)`, ...), or a `sum`/`avg`/`min`/`max`/
 //! `count`/`group`/`stddev`/`stdvar` (with `by`/`without`) of one of those.
 //!
-//! The step-by-step evaluation ([`super::Evaluator::eval`] at each step) visits every series at
-//! every step, searches its window again and hashes the labels of each element to group it.
-//! Here each series is walked once, its windows advancing with the steps, and each series'
-//! group is found once per query. The values are those the step-by-step evaluation gives, bit
-//! for bit: the same functions are applied to the same windows, and a group's elements are
-//! folded in the same order (series order, at each step). Anything else (nested aggregations,
-//! whose inner group order can differ from step to step; duplicate label sets, which are an
-//! error or merge at some steps) is left to the step-by-step evaluation.
+//! The step-by-step evaluation reads every selected series into memory first, then visits
+//! every series at every step, searching its window again and hashing the labels of each
+//! element to group it. Here the store hands over one series at a time
+//! ([`SeriesSource::select_each`]); its windows advance with the steps, its values at every step
+//! are computed, and its samples are dropped before the next series is read, so a query holds
+//! one series' samples (in cache) instead of all of them. Each series' group is found once per
+//! query.
+//!
+//! The values are those the step-by-step evaluation gives, bit for bit: the same functions are
+//! applied to the same windows, and a group's elements are folded in the same order, the order
+//! in which the step-by-step evaluation lists the series (read in time slices, a series that
+//! first appears in a later slice comes after those of earlier ones). The query's limits are
+//! charged the same samples and points. Anything else (nested aggregations, whose inner group
+//! order can differ from step to step; label sets that clash once the metric name is dropped,
+//! which fail at some steps and merge at others) is left to the step-by-step evaluation.
 
 use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector, VectorSelector};
 use sonde_common::model::Sample;
@@ -20,7 +27,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::aggregate::{Acc, Op, group_key, grouping};
 use super::functions::{RangeFn, keeps_name, range_fn};
-use super::select::{is_stale, partition_from, read_time, unwrap_parens};
+use super::select::{Selector, is_stale, partition_from, read_time, slice_ms, unwrap_parens};
 use super::{EvalError, Evaluator, Labels, RangeSeries, range_ms};
 
 /// Most accumulators (groups x steps) an aggregation keeps at once when its input holds fewer
@@ -45,26 +52,152 @@ pub(super) fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
     out
 }
 
+/// The expressions taken: an optional folding aggregation over the series of one selector.
+struct Shape<'e> {
+    aggregation: Option<(&'e AggregateExpr, Op)>,
+    elements: Elements<'e>,
+}
+
+/// The series part of a [`Shape`]: its elements at every step are the selected series, in
+/// their order.
+enum Elements<'e> {
+    Instant(&'e VectorSelector),
+    Range {
+        f: RangeFn,
+        ms: &'e MatrixSelector,
+        keep_name: bool,
+    },
+}
+
+fn shape(expr: &Expr) -> Option<Shape<'_>> {
+    match unwrap_parens(expr) {
+        Expr::Aggregate(a) => Some(Shape {
+            aggregation: Some((a, fold_op(a)?)),
+            elements: elements(&a.expr)?,
+        }),
+        e => Some(Shape {
+            aggregation: None,
+            elements: elements(e)?,
+        }),
+    }
+}
+
+fn elements(expr: &Expr) -> Option<Elements<'_>> {
+    match unwrap_parens(expr) {
+        Expr::VectorSelector(vs) => Some(Elements::Instant(vs)),
+        Expr::Call(c) => range_call(c),
+        _ => None,
+    }
+}
+
+/// The operator of an aggregation that folds its elements' values without a parameter.
+fn fold_op(a: &AggregateExpr) -> Option<Op> {
+    let op = Op::parse(&a.op.to_string());
+    (op.is_fold() && a.param.is_none()).then_some(op)
+}
+
+/// A call of a [`RangeFn`] on a range selector alone.
+fn range_call(c: &Call) -> Option<Elements<'_>> {
+    let f = range_fn(c.func.name)?;
+    match c.args.args.as_slice() {
+        [arg] => match unwrap_parens(arg) {
+            Expr::MatrixSelector(ms) => Some(Elements::Range {
+                f,
+                ms,
+                keep_name: keeps_name(c.func.name),
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether [`range`] takes `expr`.
+#[cfg(test)]
+fn supported(expr: &Expr) -> bool {
+    shape(expr).is_some()
+}
+
 /// The range query's result for `expr` at `steps`, evaluated series by series, if `expr` has
-/// a shape this evaluation takes (`None`: evaluate step by step). Points are charged against
-/// the query's budget as the step-by-step evaluation charges them.
+/// a shape this evaluation takes (`None`: evaluate step by step, from a fresh budget).
 pub(super) fn range(
-    ev: &Evaluator<'_>,
+    ev: &mut Evaluator<'_>,
     expr: &Expr,
     steps: &[i64],
 ) -> Result<Option<Vec<RangeSeries>>, EvalError> {
-    if steps.is_empty() || steps.len() > u32::MAX as usize || !top_supported(expr) {
-        return Ok(None);
-    }
-    let Some(tracks) = tracks(ev, expr, steps)? else {
+    let Some(shape) = shape(expr) else {
         return Ok(None);
     };
-    let mut seen = HashSet::with_capacity(tracks.len());
-    if !tracks.iter().all(|t| seen.insert(&t.labels)) {
-        // Would merge into one series: left to the step-by-step evaluation.
+    if steps.is_empty() || u32::try_from(steps.len()).is_err() {
         return Ok(None);
     }
-    drop(seen);
+    let (vs, range) = match &shape.elements {
+        Elements::Instant(vs) => (*vs, None),
+        Elements::Range { ms, .. } => (&ms.vs, Some(range_ms(ms))),
+    };
+    let (sel, (lo, hi), selected) = ev.plan_selector(vs, range)?;
+    let ev = &*ev;
+    // The time slices the step-by-step evaluation reads in ([`super::select::fetch`]).
+    let slice = i128::from(slice_ms(selected));
+    let mut tracks: Vec<(i128, Track)> = Vec::new();
+    let mut labels_seen = HashSet::new();
+    let mut clash = false;
+    ev.reader.select_each(&sel.matchers, lo, hi, &mut |data| {
+        ev.check_deadline()?;
+        let Some(first) = data.samples.first() else {
+            return Ok(());
+        };
+        let order = (i128::from(first.timestamp_ms) - i128::from(lo)) / slice;
+        let mut samples = data.samples;
+        let labels = Labels::from_series(&data.series);
+        let (labels, points) = match &shape.elements {
+            Elements::Instant(_) => {
+                ev.charge(samples.len())?;
+                let points = instant(ev, &sel, &samples, steps);
+                (labels, points)
+            }
+            Elements::Range { f, ms, keep_name } => {
+                samples.retain(|s| !is_stale(s));
+                ev.charge(samples.len())?;
+                let labels = if *keep_name {
+                    labels
+                } else {
+                    labels.without_name()
+                };
+                // Two series with one label set fail or merge at some steps.
+                clash |= !labels_seen.insert(labels.clone());
+                let points = over_range(ev, &sel, *f, range_ms(ms), &samples, steps);
+                (labels, points)
+            }
+        };
+        if !points.is_empty() && !clash {
+            tracks.push((order, Track { labels, points }));
+        }
+        Ok(())
+    })?;
+    drop(labels_seen);
+    if clash {
+        return Ok(None);
+    }
+    let tracks = match shape.aggregation {
+        None => {
+            let mut seen = HashSet::with_capacity(tracks.len());
+            if !tracks.iter().all(|(_, t)| seen.insert(&t.labels)) {
+                // Would merge into one series: left to the step-by-step evaluation.
+                return Ok(None);
+            }
+            tracks.into_iter().map(|(_, t)| t).collect()
+        }
+        Some((a, op)) => {
+            // The step-by-step evaluation's order of the series: by slice of first appearance.
+            tracks.sort_by_key(|&(order, _)| order);
+            let input = tracks.into_iter().map(|(_, t)| t).collect();
+            match aggregate(ev, a, op, input, steps.len())? {
+                Some(t) => t,
+                None => return Ok(None),
+            }
+        }
+    };
     ev.charge(tracks.iter().map(|t| t.points.len()).sum())?;
     let mut out: Vec<RangeSeries> = tracks
         .into_iter()
@@ -81,163 +214,72 @@ pub(super) fn range(
     Ok(Some(out))
 }
 
-/// Whether `expr` is a shape [`range`] takes: an aggregation of a series expression, or a
-/// series expression.
-fn top_supported(expr: &Expr) -> bool {
-    match unwrap_parens(expr) {
-        Expr::Aggregate(a) => fold_op(a).is_some() && series_supported(&a.expr),
-        e => series_supported(e),
-    }
-}
-
-/// An instant selector or a range function over a range selector: expressions whose elements
-/// at every step are the selected series, in their order.
-fn series_supported(expr: &Expr) -> bool {
-    match unwrap_parens(expr) {
-        Expr::VectorSelector(_) => true,
-        Expr::Call(c) => range_call(c).is_some(),
-        _ => false,
-    }
-}
-
-/// The operator of an aggregation that folds its elements' values without a parameter.
-fn fold_op(a: &AggregateExpr) -> Option<Op> {
-    let op = Op::parse(&a.op.to_string());
-    (op.is_fold() && a.param.is_none()).then_some(op)
-}
-
-/// A call of a [`RangeFn`] on a range selector alone: the function and the selector.
-fn range_call(c: &Call) -> Option<(RangeFn, &MatrixSelector)> {
-    let f = range_fn(c.func.name)?;
-    match c.args.args.as_slice() {
-        [arg] => match unwrap_parens(arg) {
-            Expr::MatrixSelector(ms) => Some((f, ms)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `expr`'s series over all steps; `None` when it is left to the step-by-step evaluation.
-fn tracks(ev: &Evaluator<'_>, expr: &Expr, steps: &[i64]) -> Result<Option<Vec<Track>>, EvalError> {
-    match unwrap_parens(expr) {
-        Expr::Aggregate(a) => match fold_op(a) {
-            Some(op) => aggregate(ev, a, op, steps),
-            None => Ok(None),
-        },
-        Expr::VectorSelector(vs) => instant(ev, vs, steps).map(Some),
-        Expr::Call(c) => match range_call(c) {
-            Some((f, ms)) => over_range(ev, c, f, ms, steps),
-            None => Ok(None),
-        },
-        _ => Ok(None),
-    }
-}
-
-/// An instant selector at every step: each series' newest sample within the lookback, unless
+/// An instant selector at every step: the series' newest sample within the lookback, unless
 /// it is a stale marker.
 fn instant(
     ev: &Evaluator<'_>,
-    vs: &VectorSelector,
+    sel: &Selector,
+    samples: &[Sample],
     steps: &[i64],
-) -> Result<Vec<Track>, EvalError> {
-    let (data, sel) = ev.selector_data(vs)?;
-    let mut out = Vec::new();
-    for f in data {
-        ev.check_deadline()?;
-        let samples = &f.samples;
-        let mut points = Vec::new();
-        // samples[..hi] are at or before the read time.
-        let mut hi = 0;
-        for (k, &t) in steps.iter().enumerate() {
-            let rt = read_time(sel, t, ev.start, ev.end);
-            hi = partition_from(samples, hi, |s| s.timestamp_ms <= rt);
-            let Some(s) = hi.checked_sub(1).map(|i| samples[i]) else {
-                continue;
-            };
-            if s.timestamp_ms >= rt.saturating_sub(ev.lookback_ms) && !is_stale(&s) {
-                points.push((k as u32, s.value));
-            }
-        }
-        if !points.is_empty() {
-            out.push(Track {
-                labels: f.labels.clone(),
-                points,
-            });
+) -> Vec<(u32, f64)> {
+    let mut points = Vec::new();
+    // samples[..hi] are at or before the read time.
+    let mut hi = 0;
+    for (k, &t) in steps.iter().enumerate() {
+        let rt = read_time(sel, t, ev.start, ev.end);
+        hi = partition_from(samples, hi, |s| s.timestamp_ms <= rt);
+        let Some(s) = hi.checked_sub(1).map(|i| samples[i]) else {
+            continue;
+        };
+        if s.timestamp_ms >= rt.saturating_sub(ev.lookback_ms) && !is_stale(&s) {
+            points.push((k as u32, s.value));
         }
     }
-    Ok(out)
+    points
 }
 
-/// A range function at every step: `f` of each series' (non-empty) window `[rt - range, rt]`.
-/// `None` when two series would have the same labels (the step-by-step evaluation fails at
-/// the steps where both have a value).
+/// A range function at every step: `f` of the series' window `[rt - range, rt]` where it is
+/// not empty.
 fn over_range(
     ev: &Evaluator<'_>,
-    c: &Call,
+    sel: &Selector,
     f: RangeFn,
-    ms: &MatrixSelector,
+    range: i64,
+    samples: &[Sample],
     steps: &[i64],
-) -> Result<Option<Vec<Track>>, EvalError> {
-    let (data, sel) = ev.selector_data(&ms.vs)?;
-    let range = range_ms(ms);
-    let keep_name = keeps_name(c.func.name);
-    let labels = |s: &super::select::Fetched| {
-        if keep_name {
-            s.labels.clone()
-        } else {
-            s.unnamed().clone()
-        }
-    };
-    let mut seen = HashSet::with_capacity(data.len());
-    if !data.iter().all(|s| seen.insert(labels(s))) {
-        return Ok(None);
-    }
-    drop(seen);
-    let mut out = Vec::new();
-    for series in data {
-        ev.check_deadline()?;
-        let samples = &series.samples;
-        let mut points = Vec::new();
-        // The window at each step is samples[lo..hi].
-        let (mut lo, mut hi) = (0usize, 0usize);
-        for (k, &t) in steps.iter().enumerate() {
-            let rt = read_time(sel, t, ev.start, ev.end);
-            let from = rt.saturating_sub(range);
-            lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
-            hi = lo
-                + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
-                    s.timestamp_ms <= rt
-                });
-            let window = &samples[lo..hi];
-            if window.is_empty() {
-                continue;
-            }
-            if let Some(v) = f(window, rt, range) {
-                points.push((k as u32, v));
-            }
-        }
-        if !points.is_empty() {
-            out.push(Track {
-                labels: labels(series),
-                points,
+) -> Vec<(u32, f64)> {
+    let mut points = Vec::new();
+    // The window at each step is samples[lo..hi].
+    let (mut lo, mut hi) = (0usize, 0usize);
+    for (k, &t) in steps.iter().enumerate() {
+        let rt = read_time(sel, t, ev.start, ev.end);
+        let from = rt.saturating_sub(range);
+        lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
+        hi = lo
+            + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
+                s.timestamp_ms <= rt
             });
+        let window = &samples[lo..hi];
+        if window.is_empty() {
+            continue;
+        }
+        if let Some(v) = f(window, rt, range) {
+            points.push((k as u32, v));
         }
     }
-    Ok(Some(out))
+    points
 }
 
-/// A folding aggregation at every step: each input series' group found once, each group's
-/// value at each step folded from its members' values in input order.
+/// A folding aggregation of `input` (in the step-by-step evaluation's order) at every one of
+/// `n` steps: each input series' group found once, each group's value at each step folded from
+/// its members' values in input order. `None` when there are too many groups for the points.
 fn aggregate(
     ev: &Evaluator<'_>,
     a: &AggregateExpr,
     op: Op,
-    steps: &[i64],
+    input: Vec<Track>,
+    n: usize,
 ) -> Result<Option<Vec<Track>>, EvalError> {
-    let Some(input) = tracks(ev, &a.expr, steps)? else {
-        return Ok(None);
-    };
     let (by, names) = grouping(a);
     let mut groups: Vec<Labels> = Vec::new();
     let mut index: HashMap<Labels, usize> = HashMap::new();
@@ -251,7 +293,6 @@ fn aggregate(
             })
         })
         .collect();
-    let n = steps.len();
     let dense = groups.len().saturating_mul(n);
     let points: usize = input.iter().map(|t| t.points.len()).sum();
     if dense > MAX_DENSE && dense > points {
@@ -449,12 +490,50 @@ mod tests {
                 let slow = range_query_as(&src, q, range, lookback, limits, false);
                 nonempty += usize::from(slow.as_ref().is_ok_and(|r| !r.is_empty()));
                 assert_eq!(bits(fast), bits(slow), "seed {seed}: {q} over {range:?}");
-                taken += usize::from(top_supported(&parse(q).unwrap()));
+                taken += usize::from(supported(&parse(q).unwrap()));
             }
         }
         assert_eq!(taken, 60 * (QUERIES.len() - 1));
         // The data overlap most ranges.
         assert!(nonempty > 60 * QUERIES.len() / 2, "{nonempty}");
+    }
+
+    #[test]
+    fn series_first_read_in_later_slices_are_folded_in_step_by_step_order() {
+        // Few series over two weeks are read in slices of 12 days; `m{i="0"}` starts on day
+        // 13, so the step-by-step evaluation lists it after the others, and sums of these
+        // values depend on the order they are added in.
+        let day = 24 * 3_600_000;
+        let every = 600_000;
+        let s = |i: &str, from: i64, v: f64| SeriesSamples {
+            series: Series::new("m", [("i", i)]),
+            samples: (from / every..14 * day / every)
+                .map(|k| Sample::new(k * every, v))
+                .collect(),
+        };
+        let src = Mem(vec![
+            s("0", 13 * day, 1.0),
+            s("1", 0, 1e16),
+            s("2", 0, -1e16),
+        ]);
+        let range = (0, 14 * day, 3_600_000);
+        for q in [
+            "sum(m)",
+            "avg(m)",
+            "stddev(m)",
+            "sum(last_over_time(m[20m]))",
+        ] {
+            let limits = QueryLimits::default();
+            let fast = bits(range_query_as(&src, q, range, 300_000, limits, true));
+            assert_eq!(
+                fast,
+                bits(range_query_as(&src, q, range, 300_000, limits, false)),
+                "{q}"
+            );
+        }
+        // Where all three are summed, the one added last is the one that survives rounding.
+        let sum = range_query_as(&src, "sum(m)", range, 300_000, QueryLimits::default(), true);
+        assert_eq!(sum.unwrap()[0].points.last().unwrap().value, 1.0);
     }
 
     #[test]
@@ -495,7 +574,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let src = random_data(&mut rng);
         let q = "sum by (host) (rate(a[5m]))";
-        assert!(top_supported(&parse(q).unwrap()));
+        assert!(supported(&parse(q).unwrap()));
         let points: usize = range_query_as(
             &src,
             q,
