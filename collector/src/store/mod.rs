@@ -533,53 +533,47 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<SeriesSamples> {
+        let mut out = Vec::new();
+        let Ok(()) = self.select_each_tenant::<std::convert::Infallible>(
+            tenant,
+            matchers,
+            start_ms,
+            end_ms,
+            |s| {
+                out.push(s);
+                Ok(())
+            },
+        );
+        out
+    }
+
+    /// Calls `f` with each series [`Store::select_tenant`] returns, in its order, one at a
+    /// time: the samples of a series in blocks are read when its turn comes, so a caller done
+    /// with each series before the next holds one series' samples at a time (besides what the
+    /// head holds of the range, copied first). Stops at `f`'s first error.
+    pub fn select_each_tenant<E>(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        mut f: impl FnMut(SeriesSamples) -> Result<(), E>,
+    ) -> Result<(), E> {
         let matchers = scoped(tenant, matchers);
         let blocks = self.blocks_in(start_ms, end_ms);
         let head = self.read().select(&matchers, start_ms, end_ms);
-        let found = if blocks.is_empty() {
-            head
-        } else {
-            // Blocks oldest first, then the head: each series' pieces arrive in time order, and
-            // are joined once, into a vector of the right size.
-            let mut pieces: std::collections::BTreeMap<Series, Vec<Vec<Sample>>> =
-                std::collections::BTreeMap::new();
-            for (series, samples) in blocks
-                .iter()
-                .flat_map(|b| b.select(&matchers, start_ms, end_ms))
-                .chain(head)
-            {
-                pieces.entry(series).or_default().push(samples);
-            }
-            pieces
-                .into_iter()
-                .map(|(series, parts)| {
-                    let mut samples = match <[Vec<Sample>; 1]>::try_from(parts) {
-                        Ok([one]) => one,
-                        Err(parts) => {
-                            let mut all =
-                                Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>());
-                            for p in parts {
-                                all.extend(p);
-                            }
-                            all
-                        }
-                    };
-                    if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
-                        samples.sort_by_key(|s| s.timestamp_ms);
-                    }
-                    // A chunk straddling a cut can show a sample in a block and the head.
-                    samples.dedup_by_key(|s| s.timestamp_ms);
-                    (series, samples)
-                })
-                .collect()
-        };
-        found
-            .into_iter()
-            .map(|(series, samples)| SeriesSamples {
+        let mut emit = |series, samples| {
+            f(SeriesSamples {
                 series: without_tenant(series),
                 samples,
             })
-            .collect()
+        };
+        if blocks.is_empty() {
+            return head
+                .into_iter()
+                .try_for_each(|(series, samples)| emit(series, samples));
+        }
+        join_pieces(&blocks, head, &matchers, (start_ms, end_ms), emit)
     }
 
     /// The blocks overlapping `[start_ms, end_ms]`, oldest first.
@@ -810,6 +804,82 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Calls `f` with each series matching `matchers` in `blocks` (oldest first) or `head` (what the
+/// head holds of the range), sorted, with its samples from all of them in time order: every
+/// block's samples of a series are decoded straight into one vector sized for them all, and
+/// the head's appended. Stops at `f`'s first error.
+fn join_pieces<E>(
+    blocks: &[Arc<Block>],
+    head: Vec<(Series, Vec<Sample>)>,
+    matchers: &[Matcher],
+    (start_ms, end_ms): (i64, i64),
+    mut f: impl FnMut(Series, Vec<Sample>) -> Result<(), E>,
+) -> Result<(), E> {
+    /// Where a piece of a series is: a block's slot, or an entry of the head's selection.
+    #[derive(Clone, Copy)]
+    enum Piece {
+        Block(usize, Slot),
+        Head(usize),
+    }
+    let (head_series, mut head_samples): (Vec<Series>, Vec<Vec<Sample>>) = head.into_iter().unzip();
+    let mut pieces: Vec<(&Series, Piece)> = Vec::new();
+    for (b, block) in blocks.iter().enumerate() {
+        pieces.extend(
+            block
+                .select_slots(matchers, start_ms, end_ms)
+                .into_iter()
+                .map(|(slot, series)| (series, Piece::Block(b, slot))),
+        );
+    }
+    pieces.extend(
+        head_series
+            .iter()
+            .enumerate()
+            .map(|(i, series)| (series, Piece::Head(i))),
+    );
+    // Stable: a series' pieces stay oldest first (blocks in order, then the head).
+    pieces.sort_by(|a, b| a.0.cmp(b.0));
+    let mut buf = Vec::new();
+    let mut ends = Vec::new();
+    for group in pieces.chunk_by(|a, b| a.0 == b.0) {
+        let capacity = group
+            .iter()
+            .map(|&(_, piece)| match piece {
+                Piece::Block(b, slot) => blocks[b].capacity_for(slot, start_ms, end_ms),
+                Piece::Head(i) => head_samples[i].len(),
+            })
+            .sum();
+        let mut samples: Vec<Sample> = Vec::with_capacity(capacity);
+        ends.clear();
+        for &(_, piece) in group {
+            match piece {
+                Piece::Block(b, slot) => {
+                    blocks[b].read_samples(slot, start_ms, end_ms, &mut buf, &mut samples);
+                }
+                Piece::Head(i) => samples.append(&mut head_samples[i]),
+            }
+            ends.push(samples.len());
+        }
+        // Each piece is in order; only where two meet can they be out of order or share a
+        // sample (a chunk straddling a cut shows a sample in a block and the head).
+        let in_order = ends.iter().all(|&at| {
+            at == 0
+                || at == samples.len()
+                || samples[at - 1].timestamp_ms < samples[at].timestamp_ms
+        });
+        if !in_order {
+            if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
+                samples.sort_by_key(|s| s.timestamp_ms);
+            }
+            samples.dedup_by_key(|s| s.timestamp_ms);
+        }
+        if !samples.is_empty() {
+            f(group[0].0.clone(), samples)?;
+        }
+    }
+    Ok(())
 }
 
 /// Encodes the samples of `view` that the head does not hold yet (plus the series' SERIES

@@ -246,7 +246,7 @@ fn over_range(
     let ms = matrix_arg(c, matrix_index)?;
     let range = super::range_ms(ms);
     let (rt, windows) = ev.select_range(ms, t)?;
-    let keep_name = c.func.name == "last_over_time";
+    let keep_name = keeps_name(c.func.name);
     let mut out = Vec::with_capacity(windows.len());
     for (series, w) in windows {
         if let Some(value) = f(w, rt, range) {
@@ -303,30 +303,20 @@ fn absent_labels(expr: &Expr) -> Labels {
     labels
 }
 
-pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
-    let name = c.func.name;
-    match name {
-        "rate" | "increase" | "delta" => {
-            let (is_counter, is_rate) = (name != "delta", name == "rate");
-            over_range(ev, c, t, 0, |w, rt, range| {
-                extrapolated_rate(w, rt, range, is_counter, is_rate)
-            })
-        }
-        "irate" => over_range(ev, c, t, 0, |w, _, _| instant_value(w, true)),
-        "idelta" => over_range(ev, c, t, 0, |w, _, _| instant_value(w, false)),
-        "deriv" => over_range(ev, c, t, 0, |w, _, _| {
-            (w.len() >= 2).then(|| linear_regression(w, w[0].timestamp_ms).0)
-        }),
-        "predict_linear" => {
-            let duration = ev.eval_scalar(arg(c, 1)?, t)?;
-            over_range(ev, c, t, 0, |w, _, _| {
-                (w.len() >= 2).then(|| {
-                    let (slope, intercept) = linear_regression(w, t);
-                    slope * duration + intercept
-                })
-            })
-        }
-        "changes" => over_range(ev, c, t, 0, |w, _, _| {
+/// A range function whose value depends only on the window's samples (never empty), the
+/// window's end and its range: not on the evaluation time nor on other arguments.
+pub(crate) type RangeFn = fn(&[Sample], i64, i64) -> Option<f64>;
+
+/// The [`RangeFn`] of function `name`, if it is one.
+pub(crate) fn range_fn(name: &str) -> Option<RangeFn> {
+    let f: RangeFn = match name {
+        "rate" => |w, rt, range| extrapolated_rate(w, rt, range, true, true),
+        "increase" => |w, rt, range| extrapolated_rate(w, rt, range, true, false),
+        "delta" => |w, rt, range| extrapolated_rate(w, rt, range, false, false),
+        "irate" => |w, _, _| instant_value(w, true),
+        "idelta" => |w, _, _| instant_value(w, false),
+        "deriv" => |w, _, _| (w.len() >= 2).then(|| linear_regression(w, w[0].timestamp_ms).0),
+        "changes" => |w, _, _| {
             Some(
                 w.windows(2)
                     .filter(|p| {
@@ -334,12 +324,10 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalEr
                     })
                     .count() as f64,
             )
-        }),
-        "resets" => over_range(ev, c, t, 0, |w, _, _| {
-            Some(w.windows(2).filter(|p| p[1].value < p[0].value).count() as f64)
-        }),
-        "avg_over_time" => over_range(ev, c, t, 0, |w, _, _| Some(avg_over(w))),
-        "sum_over_time" => over_range(ev, c, t, 0, |w, _, _| {
+        },
+        "resets" => |w, _, _| Some(w.windows(2).filter(|p| p[1].value < p[0].value).count() as f64),
+        "avg_over_time" => |w, _, _| Some(avg_over(w)),
+        "sum_over_time" => |w, _, _| {
             let (mut sum, mut comp) = (0.0, 0.0);
             for s in w {
                 (sum, comp) = kahan_inc(s.value, sum, comp);
@@ -349,8 +337,8 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalEr
             } else {
                 sum + comp
             })
-        }),
-        "min_over_time" => over_range(ev, c, t, 0, |w, _, _| {
+        },
+        "min_over_time" => |w, _, _| {
             Some(w.iter().fold(w[0].value, |m, s| {
                 if s.value < m || m.is_nan() {
                     s.value
@@ -358,8 +346,8 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalEr
                     m
                 }
             }))
-        }),
-        "max_over_time" => over_range(ev, c, t, 0, |w, _, _| {
+        },
+        "max_over_time" => |w, _, _| {
             Some(w.iter().fold(w[0].value, |m, s| {
                 if s.value > m || m.is_nan() {
                     s.value
@@ -367,12 +355,37 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalEr
                     m
                 }
             }))
-        }),
-        "count_over_time" => over_range(ev, c, t, 0, |w, _, _| Some(w.len() as f64)),
-        "last_over_time" => over_range(ev, c, t, 0, |w, _, _| w.last().map(|s| s.value)),
-        "present_over_time" => over_range(ev, c, t, 0, |_, _, _| Some(1.0)),
-        "stdvar_over_time" => over_range(ev, c, t, 0, |w, _, _| Some(stdvar_over(w))),
-        "stddev_over_time" => over_range(ev, c, t, 0, |w, _, _| Some(stdvar_over(w).sqrt())),
+        },
+        "count_over_time" => |w, _, _| Some(w.len() as f64),
+        "last_over_time" => |w, _, _| w.last().map(|s| s.value),
+        "present_over_time" => |_, _, _| Some(1.0),
+        "stdvar_over_time" => |w, _, _| Some(stdvar_over(w)),
+        "stddev_over_time" => |w, _, _| Some(stdvar_over(w).sqrt()),
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// Whether function `name` keeps the metric name of its input.
+pub(crate) fn keeps_name(name: &str) -> bool {
+    name == "last_over_time"
+}
+
+pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    if let Some(f) = range_fn(name) {
+        return over_range(ev, c, t, 0, f);
+    }
+    match name {
+        "predict_linear" => {
+            let duration = ev.eval_scalar(arg(c, 1)?, t)?;
+            over_range(ev, c, t, 0, |w, _, _| {
+                (w.len() >= 2).then(|| {
+                    let (slope, intercept) = linear_regression(w, t);
+                    slope * duration + intercept
+                })
+            })
+        }
         "quantile_over_time" => {
             let q = ev.eval_scalar(arg(c, 0)?, t)?;
             over_range(ev, c, t, 1, |w, _, _| {

@@ -20,6 +20,7 @@ mod binary;
 mod check;
 mod functions;
 mod select;
+mod steps;
 mod value;
 
 pub use check::{check, parse};
@@ -78,6 +79,20 @@ pub trait SeriesSource {
     /// Series matching all `matchers` with their samples in `[start_ms, end_ms]`.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples>;
 
+    /// Calls `f` with each series [`SeriesSource::select`] returns, in its order, one at a time
+    /// (a store reads each series' samples when its turn comes); stops at `f`'s first error.
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(SeriesSamples) -> Result<(), EvalError>,
+    ) -> Result<(), EvalError> {
+        self.select(matchers, start_ms, end_ms)
+            .into_iter()
+            .try_for_each(f)
+    }
+
     /// How many series [`SeriesSource::select`] would return, without reading their samples.
     fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
         self.select(matchers, start_ms, end_ms).len()
@@ -87,6 +102,17 @@ pub trait SeriesSource {
 impl SeriesSource for Reader<'_> {
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
         Reader::select(self, matchers, start_ms, end_ms)
+    }
+
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(SeriesSamples) -> Result<(), EvalError>,
+    ) -> Result<(), EvalError> {
+        self.store
+            .select_each_tenant(self.tenant, matchers, start_ms, end_ms, f)
     }
 
     fn count(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> usize {
@@ -158,6 +184,19 @@ pub fn range_query(
     lookback_ms: i64,
     limits: QueryLimits,
 ) -> Result<Vec<RangeSeries>, EvalError> {
+    range_query_as(reader, query, (start, end, step), lookback_ms, limits, true)
+}
+
+/// [`range_query`], evaluated series by series over all steps at once where the expression
+/// allows it ([`steps`]) if `by_series`, else step by step.
+fn range_query_as(
+    reader: &dyn SeriesSource,
+    query: &str,
+    (start, end, step): (i64, i64, i64),
+    lookback_ms: i64,
+    limits: QueryLimits,
+    by_series: bool,
+) -> Result<Vec<RangeSeries>, EvalError> {
     let expr = parse(query).map_err(EvalError::BadData)?;
     match expr.value_type() {
         ValueType::Scalar | ValueType::Vector => {}
@@ -173,6 +212,15 @@ pub fn range_query(
     }
     check(&expr)?;
     let mut ev = Evaluator::new(reader, start, end, lookback_ms, limits);
+    if by_series
+        && step > 0
+        && let Some(result) = steps::range(&mut ev, &expr, &steps::steps(start, end, step))?
+    {
+        return Ok(result);
+    }
+    // From a fresh budget (the deadline stays).
+    ev.series = 0;
+    ev.samples.set(0);
     ev.prefetch(&expr)?;
     let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
     let mut t = start;
@@ -286,6 +334,30 @@ impl<'a> Evaluator<'a> {
     }
 
     fn fetch_selector(&mut self, vs: &VectorSelector, range: Option<i64>) -> Result<(), EvalError> {
+        let (sel, (lo, hi), selected) = self.plan_selector(vs, range)?;
+        let fetched = fetch(
+            self.reader,
+            &sel,
+            (lo, hi),
+            selected,
+            range.is_none(),
+            &mut |n| {
+                self.check_deadline()?;
+                self.charge(n)
+            },
+        )?;
+        self.data.insert(select::key(vs), (sel, fetched));
+        Ok(())
+    }
+
+    /// Selector `vs` converted, the time span it reads (from `range`, or the lookback for an
+    /// instant selector, before its first read time, to its last) and how many series it
+    /// selects, counted against the query's series limit.
+    fn plan_selector(
+        &mut self,
+        vs: &VectorSelector,
+        range: Option<i64>,
+    ) -> Result<(select::Selector, (i64, i64), usize), EvalError> {
         self.check_deadline()?;
         let sel = select::selector(vs).map_err(EvalError::BadData)?;
         let (a, b) = (
@@ -304,19 +376,7 @@ impl<'a> Evaluator<'a> {
                 self.limits.max_series
             )));
         }
-        let fetched = fetch(
-            self.reader,
-            &sel,
-            (lo, hi),
-            selected,
-            range.is_none(),
-            &mut |n| {
-                self.check_deadline()?;
-                self.charge(n)
-            },
-        )?;
-        self.data.insert(select::key(vs), (sel, fetched));
-        Ok(())
+        Ok((sel, (lo, hi), selected))
     }
 
     fn selector_data(

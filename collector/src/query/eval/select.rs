@@ -158,7 +158,11 @@ impl Fetched {
 
 /// `samples.partition_point(pred)` (`pred` true then false), galloping forward from `hint`
 /// when the answer lies at or after it, else bisecting the whole slice.
-fn partition_from(samples: &[Sample], hint: usize, pred: impl Fn(&Sample) -> bool) -> usize {
+pub(crate) fn partition_from(
+    samples: &[Sample],
+    hint: usize,
+    pred: impl Fn(&Sample) -> bool,
+) -> usize {
     let hint = hint.min(samples.len());
     if hint > 0 && !pred(&samples[hint - 1]) {
         return samples.partition_point(pred);
