@@ -236,7 +236,7 @@ impl Block {
     /// Room for the samples of series `id` in `[start, end]`, every overlapping chunk taken as
     /// full: what to reserve before [`Block::read_samples`].
     pub(crate) fn capacity_for(&self, id: Slot, start: i64, end: i64) -> usize {
-        self.chunks_in(id, start, end).len() * usize::from(SAMPLES_PER_CHUNK)
+        self.chunks_in(id, start, end).len() * SAMPLES_PER_BLOCK_CHUNK
     }
 
     /// The series matching `matchers` with a chunk overlapping `[start, end]`, with their index.
@@ -282,7 +282,7 @@ impl Block {
             }
             return;
         }
-        out.reserve(run.len() * usize::from(SAMPLES_PER_CHUNK));
+        out.reserve(run.len() * SAMPLES_PER_BLOCK_CHUNK);
         for c in run {
             let at = (c.offset - head.offset) as usize;
             let bytes = &buf[at..at + c.len as usize];
@@ -372,18 +372,15 @@ impl Block {
 /// Decodes one block chunk's bytes, appending its samples in `[start, end]` to `out` (all of
 /// them when `whole`: the chunk lies inside the range). The one place a block chunk is decoded.
 fn decode_chunk(bytes: &[u8], start: i64, end: i64, whole: bool, out: &mut Vec<Sample>) {
-    let samples = super::decimal::iter(bytes);
-    if whole {
-        out.extend(samples);
-        return;
-    }
-    for s in samples {
-        if s.timestamp_ms > end {
-            break;
-        }
-        if s.timestamp_ms >= start {
-            out.push(s);
-        }
+    let from = out.len();
+    super::decimal::decode_into(bytes, out);
+    if !whole {
+        // Samples are in time order: keep the run inside the range.
+        let tail = &out[from..];
+        let lo = tail.partition_point(|s| s.timestamp_ms < start);
+        let hi = tail.partition_point(|s| s.timestamp_ms <= end);
+        out.truncate(from + hi);
+        out.drain(from..from + lo);
     }
 }
 

@@ -70,6 +70,18 @@ pub(crate) enum AnyChunkIter<'a> {
     },
 }
 
+/// Appends the samples of a block chunk in any form to `out` (a packed chunk in one pass, the
+/// others through [`iter`]). A malformed chunk appends what could be read of it (nothing, if
+/// packed).
+pub(crate) fn decode_into(bytes: &[u8], out: &mut Vec<Sample>) {
+    match bytes {
+        [packed::MARKER, ..] => {
+            let _ = packed::decode_into(bytes, out);
+        }
+        _ => out.extend(iter(bytes)),
+    }
+}
+
 /// Reads a block chunk, Gorilla, packed or decimal. A malformed chunk yields what could be
 /// read of it (nothing, if packed).
 pub(crate) fn iter(bytes: &[u8]) -> AnyChunkIter<'_> {
@@ -182,6 +194,26 @@ mod tests {
         }
         // Prometheus's stale marker is a NaN.
         assert!(encode(&samples(&[f64::from_bits(0x7ff0_0000_0000_0002)])).is_none());
+    }
+
+    #[test]
+    fn every_form_decodes_into_a_vector_as_it_iterates() {
+        let s = samples(&[1.0, 5.0, 2.5, 7.0]);
+        let mut gorilla = Chunk::new();
+        for x in &s {
+            gorilla.append(x.timestamp_ms, x.value);
+        }
+        let forms = [
+            gorilla.bytes().to_vec(),
+            encode(&s).unwrap(),
+            packed::encode(&s).unwrap(),
+        ];
+        for bytes in &forms {
+            let mut out = vec![Sample::new(0, 0.0)];
+            decode_into(bytes, &mut out);
+            assert_eq!(bits(&out[1..]), bits(&s));
+            assert_eq!(bits(&iter(bytes).collect::<Vec<_>>()), bits(&s));
+        }
     }
 
     #[test]
