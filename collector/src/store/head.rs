@@ -271,12 +271,32 @@ impl MemSeries {
     }
 
     pub(crate) fn samples_in(&self, start: i64, end: i64) -> Vec<Sample> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.room_for(start, end));
         self.scan_range(start, end, |s| {
             out.push(s);
             true
         });
         out
+    }
+
+    /// Room for the samples in `[start, end]`: every chunk overlapping it in full, and the
+    /// out-of-order samples.
+    fn room_for(&self, start: i64, end: i64) -> usize {
+        if start > end {
+            return 0;
+        }
+        let first = self.sealed.partition_point(|c| c.max_t < start);
+        let sealed: usize = self.sealed[first..]
+            .iter()
+            .take_while(|c| c.min_t <= end)
+            .map(|c| usize::from(c.len()))
+            .sum();
+        let open = if !self.open.is_empty() && self.open.min_t() <= end {
+            usize::from(self.open.len())
+        } else {
+            0
+        };
+        sealed + open + self.ooo.len()
     }
 
     pub(crate) fn has_samples_in(&self, start: i64, end: i64) -> bool {
@@ -903,6 +923,18 @@ mod tests {
         assert!(!series.has_samples_in(4991, 10_000));
         assert!(!series.has_samples_in(1201, 1209));
         assert!(series.samples_in(10, 5).is_empty());
+        // The room reserved covers what is read, over sealed and open chunks.
+        for (start, end) in [
+            (0, 5000),
+            (1195, 1215),
+            (-50, 3),
+            (4000, 9999),
+            (5000, 6000),
+        ] {
+            let n = series.samples_in(start, end).len();
+            assert!(series.room_for(start, end) >= n, "[{start}, {end}]");
+        }
+        assert_eq!(series.room_for(10, 5), 0);
     }
 
     #[test]

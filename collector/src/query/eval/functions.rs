@@ -91,13 +91,29 @@ pub(crate) fn extrapolated_rate(
     is_counter: bool,
     is_rate: bool,
 ) -> Option<f64> {
+    extrapolate(
+        samples, range_end, range_ms, is_counter, is_rate, is_counter,
+    )
+}
+
+/// [`extrapolated_rate`], told whether the window may hold a counter reset: with `resets`
+/// false (the caller knows that no sample is below the one before it) the samples between the
+/// first and the last are not looked at, and the result is the same.
+pub(crate) fn extrapolate(
+    samples: &[Sample],
+    range_end: i64,
+    range_ms: i64,
+    is_counter: bool,
+    is_rate: bool,
+    resets: bool,
+) -> Option<f64> {
     if samples.len() < 2 {
         return None;
     }
     let (first, last) = (samples[0], samples[samples.len() - 1]);
     let range_start = range_end - range_ms;
     let mut result = last.value - first.value;
-    if is_counter {
+    if is_counter && resets {
         let mut prev = first.value;
         for s in &samples[1..] {
             if s.value < prev {
@@ -364,6 +380,15 @@ pub(crate) fn range_fn(name: &str) -> Option<RangeFn> {
         _ => return None,
     };
     Some(f)
+}
+
+/// For `rate` (true) and `increase` (false), the counter functions: whether it is a rate.
+pub(crate) fn counter_rate(name: &str) -> Option<bool> {
+    match name {
+        "rate" => Some(true),
+        "increase" => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether function `name` keeps the metric name of its input.

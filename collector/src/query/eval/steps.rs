@@ -26,7 +26,7 @@ use sonde_common::model::Sample;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::aggregate::{Acc, Op, group_key, grouping};
-use super::functions::{RangeFn, keeps_name, range_fn};
+use super::functions::{RangeFn, counter_rate, extrapolate, keeps_name, range_fn};
 use super::select::{Selector, is_stale, partition_from, read_time, slice_ms, unwrap_parens};
 use super::{EvalError, Evaluator, Labels, RangeSeries, range_ms};
 
@@ -64,6 +64,8 @@ enum Elements<'e> {
     Instant(&'e VectorSelector),
     Range {
         f: RangeFn,
+        /// For `rate` and `increase`: whether it is `rate` (see [`counter_windows`]).
+        counter: Option<bool>,
         ms: &'e MatrixSelector,
         keep_name: bool,
     },
@@ -103,6 +105,7 @@ fn range_call(c: &Call) -> Option<Elements<'_>> {
         [arg] => match unwrap_parens(arg) {
             Expr::MatrixSelector(ms) => Some(Elements::Range {
                 f,
+                counter: counter_rate(c.func.name),
                 ms,
                 keep_name: keeps_name(c.func.name),
             }),
@@ -156,7 +159,12 @@ pub(super) fn range(
                 let points = instant(ev, &sel, &samples, steps);
                 (labels, points)
             }
-            Elements::Range { f, ms, keep_name } => {
+            Elements::Range {
+                f,
+                counter,
+                ms,
+                keep_name,
+            } => {
                 samples.retain(|s| !is_stale(s));
                 ev.charge(samples.len())?;
                 let labels = if *keep_name {
@@ -166,7 +174,12 @@ pub(super) fn range(
                 };
                 // Two series with one label set fail or merge at some steps.
                 clash |= !labels_seen.insert(labels.clone());
-                let points = over_range(ev, &sel, *f, range_ms(ms), &samples, steps);
+                let points = match counter {
+                    Some(is_rate) => {
+                        counter_windows(ev, &sel, *is_rate, range_ms(ms), &samples, steps)
+                    }
+                    None => over_range(ev, &sel, *f, range_ms(ms), &samples, steps),
+                };
                 (labels, points)
             }
         };
@@ -268,6 +281,53 @@ fn over_range(
         }
     }
     points
+}
+
+/// [`over_range`] for `rate` (`is_rate`) and `increase`: the series' counter resets are found
+/// once, so a window without one is not scanned for them ([`extrapolate`]).
+fn counter_windows(
+    ev: &Evaluator<'_>,
+    sel: &Selector,
+    is_rate: bool,
+    range: i64,
+    samples: &[Sample],
+    steps: &[i64],
+) -> Vec<(u32, f64)> {
+    // The samples below the one before them.
+    let resets: Vec<usize> = (1..samples.len())
+        .filter(|&i| samples[i].value < samples[i - 1].value)
+        .collect();
+    let mut points = Vec::new();
+    let (mut lo, mut hi, mut next_reset) = (0usize, 0usize, 0usize);
+    for (k, &t) in steps.iter().enumerate() {
+        let rt = read_time(sel, t, ev.start, ev.end);
+        let from = rt.saturating_sub(range);
+        lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
+        hi = lo
+            + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
+                s.timestamp_ms <= rt
+            });
+        let window = &samples[lo..hi];
+        if window.is_empty() {
+            continue;
+        }
+        // The first reset after the window's first sample; the read times never go back.
+        next_reset = partition_from_usize(&resets, next_reset, |&i| i <= lo);
+        let has_reset = resets.get(next_reset).is_some_and(|&i| i < hi);
+        if let Some(v) = extrapolate(window, rt, range, true, is_rate, has_reset) {
+            points.push((k as u32, v));
+        }
+    }
+    points
+}
+
+/// `items.partition_point(pred)`, from `hint` on when the answer lies there.
+fn partition_from_usize(items: &[usize], hint: usize, pred: impl Fn(&usize) -> bool) -> usize {
+    let hint = hint.min(items.len());
+    if hint > 0 && !pred(&items[hint - 1]) {
+        return items.partition_point(pred);
+    }
+    hint + items[hint..].partition_point(pred)
 }
 
 /// A folding aggregation of `input` (in the step-by-step evaluation's order) at every one of
@@ -414,8 +474,12 @@ mod tests {
         Mem(out)
     }
 
-    const QUERIES: [&str; 34] = [
+    const QUERIES: [&str; 37] = [
         "rate(a[5m])",
+        // `b` has NaN, stale markers and values going down.
+        "rate(b[5m])",
+        "sum(increase(b[2m] offset 1m))",
+        "increase(a[90s])",
         "sum by (host) (rate(a[5m]))",
         "sum(rate(a[1m]))",
         "avg without (cpu) (increase(a[3m] offset 2m))",
