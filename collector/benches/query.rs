@@ -52,7 +52,7 @@ fn filled(dir: &std::path::Path, end: i64) -> Store {
         .build()
         .unwrap();
     let mut t = start;
-    let mut values = vec![0.0f64; all.len()];
+    let mut values = vec![0i64; all.len()];
     let mut sequence = 0;
     while t < end {
         sequence += 1;
@@ -69,9 +69,10 @@ fn filled(dir: &std::path::Path, end: i64) -> Store {
             let samples = ticks
                 .iter()
                 .map(|&x| {
-                    // Irregular increments, as CPU seconds grow.
-                    values[i] += ((x / STEP_MS + i as i64) % 7) as f64 * 0.37;
-                    Sample::new(x, values[i])
+                    // Irregular increments, as CPU seconds grow: in hundredths, as the
+                    // kernel counts them (USER_HZ) and node_exporter reports them.
+                    values[i] += (x / STEP_MS + i as i64) % 7 * 37;
+                    Sample::new(x, values[i] as f64 / 100.0)
                 })
                 .collect();
             b.push(s, MetricKind::Counter, None, samples);
