@@ -178,33 +178,40 @@ impl Chunk {
 
     /// Freezes the chunk into its immutable, shareable form.
     pub(crate) fn seal(self) -> SealedChunk {
+        // Packed when every value is a short decimal and that is smaller: about half the
+        // memory, and reads decode it several times faster than the XOR stream.
+        let samples: Vec<Sample> = self.iter().collect();
+        let bytes = match super::packed::encode(&samples) {
+            Some(p) if p.len() < self.w.bytes.len() => Arc::from(p),
+            _ => Arc::from(self.w.bytes),
+        };
         SealedChunk {
             min_t: self.min_t,
             max_t: self.t,
-            bytes: Arc::from(self.w.bytes),
+            count: self.count,
+            bytes,
         }
     }
 }
 
-/// A full chunk: immutable, so queries share its bytes instead of copying them.
+/// A full chunk: immutable, so queries share its bytes instead of copying them. Packed or
+/// Gorilla (see [`Chunk::seal`]).
 #[derive(Clone, Debug)]
 pub(crate) struct SealedChunk {
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
+    count: u16,
     pub(crate) bytes: Arc<[u8]>,
 }
 
 impl SealedChunk {
-    pub(crate) fn iter(&self) -> ChunkIter<'_> {
-        ChunkIter::new(&self.bytes)
+    pub(crate) fn iter(&self) -> super::decimal::AnyChunkIter<'_> {
+        super::decimal::iter(&self.bytes)
     }
 
-    /// Samples in the chunk (from its header).
+    /// Samples in the chunk.
     pub(crate) fn len(&self) -> u16 {
-        match *self.bytes {
-            [hi, lo, ..] => u16::from_be_bytes([hi, lo]),
-            _ => 0,
-        }
+        self.count
     }
 }
 
@@ -586,6 +593,7 @@ mod tests {
         assert_eq!(c.max_t(), i64::MAX);
         let sealed = c.seal();
         assert_eq!(sealed.iter().count(), samples.len());
+        assert_eq!(usize::from(sealed.len()), samples.len());
         assert_eq!(decode(&sealed.bytes), samples);
     }
 

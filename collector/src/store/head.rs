@@ -20,6 +20,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use sonde_common::model::{Label, Sample, Series};
 
 use super::chunk::{Chunk, SAMPLES_PER_CHUNK, SealedChunk};
+use super::decimal::AnyChunkIter;
 use super::matcher::Matcher;
 use super::postings::Postings;
 pub(crate) use super::postings::Slot;
@@ -139,20 +140,20 @@ impl MemSeries {
 
     /// The value bits stored at timestamp `t`, if any.
     fn find(&self, t: i64) -> Option<u64> {
-        let scan = |mut it: super::chunk::ChunkIter<'_>| {
+        fn scan(mut it: impl Iterator<Item = Sample>, t: i64) -> Option<u64> {
             it.find(|s| s.timestamp_ms >= t)
                 .filter(|s| s.timestamp_ms == t)
                 .map(|s| s.value.to_bits())
-        };
+        }
         if !self.open.is_empty() && t >= self.open.min_t() {
-            return scan(self.open.iter());
+            return scan(self.open.iter(), t);
         }
         let i = self.sealed.partition_point(|c| c.max_t < t);
         let chunk = self.sealed.get(i)?;
         if t < chunk.min_t {
             return None;
         }
-        scan(chunk.iter())
+        scan(chunk.iter(), t)
     }
 
     /// Stores a sample [`Head::classify`] judged [`Verdict::Append`].
@@ -210,7 +211,10 @@ impl MemSeries {
             .iter()
             .take_while(|c| c.min_t <= end)
             .map(SealedChunk::iter)
-            .chain((!self.open.is_empty() && self.open.min_t() <= end).then(|| self.open.iter()));
+            .chain(
+                (!self.open.is_empty() && self.open.min_t() <= end)
+                    .then(|| AnyChunkIter::Gorilla(self.open.iter())),
+            );
         for chunk in chunks {
             for s in chunk {
                 if s.timestamp_ms > end {
@@ -272,10 +276,34 @@ impl MemSeries {
 
     pub(crate) fn samples_in(&self, start: i64, end: i64) -> Vec<Sample> {
         let mut out = Vec::with_capacity(self.room_for(start, end));
-        self.scan_range(start, end, |s| {
-            out.push(s);
-            true
-        });
+        if !self.ooo.is_empty() || start > end {
+            self.scan_range(start, end, |s| {
+                out.push(s);
+                true
+            });
+            return out;
+        }
+        // Sealed chunks wholly inside the range are decoded in one pass each.
+        let first = self.sealed.partition_point(|c| c.max_t < start);
+        for c in self.sealed[first..].iter().take_while(|c| c.min_t <= end) {
+            if c.min_t >= start && c.max_t <= end {
+                super::decimal::decode_into(&c.bytes, &mut out);
+            } else {
+                out.extend(
+                    c.iter()
+                        .skip_while(|s| s.timestamp_ms < start)
+                        .take_while(|s| s.timestamp_ms <= end),
+                );
+            }
+        }
+        if !self.open.is_empty() && self.open.min_t() <= end {
+            out.extend(
+                self.open
+                    .iter()
+                    .skip_while(|s| s.timestamp_ms < start)
+                    .take_while(|s| s.timestamp_ms <= end),
+            );
+        }
         out
     }
 
@@ -904,6 +932,57 @@ mod tests {
         assert_eq!(head.append(s, 1, f64::NAN), Verdict::Conflict);
         assert_eq!(head.append(s, 2, 0.0), Verdict::Append);
         assert_eq!(head.append(s, 2, -0.0), Verdict::Conflict);
+    }
+
+    #[test]
+    fn sealed_chunks_are_packed_when_smaller_and_read_alike() {
+        let mut head = Head::new();
+        let ints = add(&mut head, "ints", &[]);
+        let thirds = add(&mut head, "thirds", &[]);
+        for t in 0..500i64 {
+            head.append(ints, t * 10_000, (t * 37 % 11 + t * 100) as f64);
+            head.append(thirds, t * 10_000, t as f64 / 3.0);
+        }
+        let packed = head.get(ints).unwrap();
+        let gorilla = head.get(thirds).unwrap();
+        assert_eq!(packed.sealed.len(), 4);
+        assert!(
+            packed
+                .sealed
+                .iter()
+                .all(|c| c.bytes[0] == super::super::packed::MARKER)
+        );
+        assert!(gorilla.sealed.iter().all(|c| c.bytes[0] == 0));
+        for series in [packed, gorilla] {
+            let mut all = Vec::new();
+            series.scan_range(i64::MIN, i64::MAX, |s| {
+                all.push(s);
+                true
+            });
+            assert_eq!(all.len(), 500);
+            for (start, end) in [
+                (i64::MIN, i64::MAX),
+                (0, 1_200_000),
+                (1_195_000, 1_215_000),
+                (1_200_001, 4_990_000),
+                (-5, 0),
+                (4_990_000, 4_990_000),
+            ] {
+                let want: Vec<(i64, u64)> = all
+                    .iter()
+                    .filter(|s| (start..=end).contains(&s.timestamp_ms))
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect();
+                let got: Vec<(i64, u64)> = series
+                    .samples_in(start, end)
+                    .iter()
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect();
+                assert_eq!(got, want, "{start}..={end}");
+            }
+        }
+        // Packed chunks take less memory.
+        assert!(packed.chunk_bytes() * 2 < gorilla.chunk_bytes());
     }
 
     #[test]

@@ -112,71 +112,69 @@ pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The `order`-th differences of `x` (from index `order` on), wrapping.
-fn differences(x: &[i64], order: usize) -> Vec<i64> {
-    let mut d = x.to_vec();
-    for _ in 0..order {
-        for i in (1..d.len()).rev() {
-            d[i] = d[i].wrapping_sub(d[i - 1]);
-        }
-    }
-    d.split_off(order.min(d.len()))
-}
-
-/// Heads (first value, first difference), base and width of `x` at `order`, and its size.
-struct Plan {
-    order: usize,
-    heads: Vec<i64>,
-    base: i64,
-    width: u32,
-    residuals: Vec<i64>,
-    bytes: usize,
-}
-
-fn plan(x: &[i64], order: usize) -> Plan {
-    let heads: Vec<i64> = (0..order)
-        .map(|o| differences(&x[..=o], o).first().copied().unwrap_or(0))
-        .collect();
-    let residuals = differences(x, order);
-    let base = residuals.iter().copied().min().unwrap_or(0);
-    let span = residuals
-        .iter()
-        .map(|&r| r.wrapping_sub(base) as u64)
-        .max()
-        .unwrap_or(0);
-    let width = 64 - span.leading_zeros();
-    let bytes = 2
-        + heads.iter().map(|&h| uvarint_len(zigzag(h))).sum::<usize>()
-        + uvarint_len(zigzag(base))
-        + (residuals.len() * width as usize).div_ceil(8);
-    Plan {
-        order,
-        heads,
-        base,
-        width,
-        residuals,
-        bytes,
+/// The `order`-th difference of `x` at index `i` (`i >= order`), wrapping.
+#[inline(always)]
+fn residual(x: &[i64], order: usize, i: usize) -> i64 {
+    match order {
+        0 => x[i],
+        1 => x[i].wrapping_sub(x[i - 1]),
+        _ => x[i]
+            .wrapping_sub(x[i - 1])
+            .wrapping_sub(x[i - 1].wrapping_sub(x[i - 2])),
     }
 }
 
 fn write_sequence(out: &mut Vec<u8>, x: &[i64]) {
-    let Some(best) = (0..=2usize.min(x.len()))
-        .map(|o| plan(x, o))
-        .min_by_key(|p| p.bytes)
-    else {
+    let orders = 2usize.min(x.len());
+    // The smallest and largest residual at each order, in one pass.
+    let mut lo = [i64::MAX; 3];
+    let mut hi = [i64::MIN; 3];
+    for i in 0..x.len() {
+        for order in 0..=orders.min(i) {
+            let r = residual(x, order, i);
+            lo[order] = lo[order].min(r);
+            hi[order] = hi[order].max(r);
+        }
+    }
+    let heads = |order: usize| -> [i64; 2] {
+        match order {
+            0 => [0, 0],
+            1 => [x[0], 0],
+            _ => [x[0], x[1].wrapping_sub(x[0])],
+        }
+    };
+    let cost = |order: usize| -> (usize, u32) {
+        let count = x.len() - order;
+        let (base, span) = if count == 0 {
+            (0, 0)
+        } else {
+            (lo[order], hi[order].wrapping_sub(lo[order]) as u64)
+        };
+        let width = 64 - span.leading_zeros();
+        let bytes = 2
+            + heads(order)[..order]
+                .iter()
+                .map(|&h| uvarint_len(zigzag(h)))
+                .sum::<usize>()
+            + uvarint_len(zigzag(base))
+            + (count * width as usize).div_ceil(8);
+        (bytes, width)
+    };
+    let Some((order, (_, width))) = (0..=orders).map(|o| (o, cost(o))).min_by_key(|c| c.1.0) else {
         return;
     };
-    out.push(best.order as u8);
-    for &h in &best.heads {
+    let base = if x.len() > order { lo[order] } else { 0 };
+    out.push(order as u8);
+    for &h in &heads(order)[..order] {
         write_uvarint(out, zigzag(h));
     }
-    write_uvarint(out, zigzag(best.base));
-    out.push(best.width as u8);
+    write_uvarint(out, zigzag(base));
+    out.push(width as u8);
     let mut acc: u128 = 0;
     let mut bits = 0u32;
-    for &r in &best.residuals {
-        acc |= u128::from(r.wrapping_sub(best.base) as u64) << bits;
-        bits += best.width;
+    for i in order..x.len() {
+        acc |= u128::from(residual(x, order, i).wrapping_sub(base) as u64) << bits;
+        bits += width;
         while bits >= 8 {
             out.push(acc as u8);
             acc >>= 8;
