@@ -55,6 +55,7 @@
 mod block;
 mod checkpoint;
 mod chunk;
+pub mod codec;
 mod commit;
 mod decimal;
 mod head;
