@@ -227,14 +227,26 @@ impl MemSeries {
         }
     }
 
-    /// Timestamp of the first sample at or after `t`.
+    /// Timestamp of the first sample at or after `t`. A chunk that starts at or after `t`
+    /// answers from its bounds, without being decoded.
     fn first_at_or_after(&self, t: i64) -> Option<i64> {
-        let mut first = None;
-        self.scan_range(t, i64::MAX, |s| {
-            first = Some(s.timestamp_ms);
-            false
-        });
-        first
+        let ooo = self
+            .ooo
+            .get(self.ooo.partition_point(|&(x, _)| x < t))
+            .map(|&(x, _)| x);
+        let first = |mut samples: AnyChunkIter<'_>| samples.find(|s| s.timestamp_ms >= t);
+        let i = self.sealed.partition_point(|c| c.max_t < t);
+        let chunks = match self.sealed.get(i) {
+            Some(c) if c.min_t >= t => Some(c.min_t),
+            Some(c) => first(c.iter()).map(|s| s.timestamp_ms),
+            None if self.open.is_empty() || self.open.max_t() < t => None,
+            None if self.open.min_t() >= t => Some(self.open.min_t()),
+            None => first(AnyChunkIter::Gorilla(self.open.iter())).map(|s| s.timestamp_ms),
+        };
+        match (ooo, chunks) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Frees the chunks wholly older than `t` (the open one too: `last` still guards the
