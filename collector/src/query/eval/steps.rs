@@ -266,12 +266,7 @@ fn over_range(
     let (mut lo, mut hi) = (0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
         let rt = read_time(sel, t, ev.start, ev.end);
-        let from = rt.saturating_sub(range);
-        lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
-        hi = lo
-            + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
-                s.timestamp_ms <= rt
-            });
+        (lo, hi) = advance(samples, (lo, hi), rt.saturating_sub(range), rt);
         let window = &samples[lo..hi];
         if window.is_empty() {
             continue;
@@ -281,6 +276,17 @@ fn over_range(
         }
     }
     points
+}
+
+/// The window `samples[lo..hi]` moved forward to the samples in `[from, rt]` (neither bound
+/// ever goes back).
+fn advance(samples: &[Sample], (lo, hi): (usize, usize), from: i64, rt: i64) -> (usize, usize) {
+    let lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
+    let hi = lo
+        + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
+            s.timestamp_ms <= rt
+        });
+    (lo, hi)
 }
 
 /// [`over_range`] for `rate` (`is_rate`) and `increase`: the series' counter resets are found
@@ -301,12 +307,7 @@ fn counter_windows(
     let (mut lo, mut hi, mut next_reset) = (0usize, 0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
         let rt = read_time(sel, t, ev.start, ev.end);
-        let from = rt.saturating_sub(range);
-        lo = partition_from(samples, lo, |s| s.timestamp_ms < from);
-        hi = lo
-            + partition_from(&samples[lo..], hi.saturating_sub(lo), |s| {
-                s.timestamp_ms <= rt
-            });
+        (lo, hi) = advance(samples, (lo, hi), rt.saturating_sub(range), rt);
         let window = &samples[lo..hi];
         if window.is_empty() {
             continue;
@@ -391,35 +392,11 @@ fn aggregate(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Mem;
     use super::super::{QueryLimits, STALE_NAN_BITS, SeriesSource, parse, range_query_as};
     use super::*;
     use crate::store::{Matcher, SeriesSamples};
     use sonde_common::model::Series;
-
-    /// Series held in memory, selected like the store does.
-    struct Mem(Vec<SeriesSamples>);
-
-    impl SeriesSource for Mem {
-        fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
-            self.0
-                .iter()
-                .filter(|s| {
-                    let labels = Labels::from_series(&s.series);
-                    matchers.iter().all(|m| m.matches(labels.get(&m.name)))
-                })
-                .map(|s| SeriesSamples {
-                    series: s.series.clone(),
-                    samples: s
-                        .samples
-                        .iter()
-                        .copied()
-                        .filter(|p| p.timestamp_ms >= start_ms && p.timestamp_ms <= end_ms)
-                        .collect(),
-                })
-                .filter(|s| !s.samples.is_empty())
-                .collect()
-        }
-    }
 
     /// Counters (`a`, with resets) and gauges (`b`, with NaN and stale markers) per host and
     /// cpu, each starting and stopping at a random time, at a random interval with jitter and

@@ -5,7 +5,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// Series held in memory, selected like the store does.
-struct Mem(Vec<SeriesSamples>);
+pub(super) struct Mem(pub(super) Vec<SeriesSamples>);
 
 impl SeriesSource for Mem {
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
