@@ -343,14 +343,7 @@ impl MemSeries {
         match self.last {
             None => false,
             Some((last_t, _)) if last_t < start => false,
-            Some(_) => {
-                let mut found = false;
-                self.scan_range(start, end, |_| {
-                    found = true;
-                    false
-                });
-                found
-            }
+            Some(_) => self.first_at_or_after(start).is_some_and(|t| t <= end),
         }
     }
 }
