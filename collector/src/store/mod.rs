@@ -1,6 +1,7 @@
 //! The embedded single-node time-series store, shaped like Prometheus's TSDB: a write-ahead log
 //! ([`wal`]) in front of an in-memory head ([`head`]) of Gorilla-compressed chunks
-//! ([`chunk`]), found through an inverted index ([`postings`]) by label [`matcher`]s. The
+//! ([`chunk`]; full ones bit-packed when that is smaller, [`packed`]), found through an
+//! inverted index ([`postings`]) by label [`matcher`]s. The
 //! maintenance thread ([`maintain`]) cuts the head into immutable on-disk [`block`]s,
 //! replaces the WAL segments they cover by a [`checkpoint`], compacts small blocks into larger
 //! ones and deletes blocks past the retention. Queries merge blocks and head.
