@@ -282,7 +282,6 @@ impl Block {
             }
             return;
         }
-        out.reserve(run.len() * SAMPLES_PER_BLOCK_CHUNK);
         for c in run {
             let at = (c.offset - head.offset) as usize;
             let bytes = &buf[at..at + c.len as usize];
@@ -290,7 +289,7 @@ impl Block {
                 self.damaged(c, "checksum mismatch");
                 continue;
             }
-            decode_chunk(bytes, start, end, c.min_t >= start && c.max_t <= end, out);
+            super::decimal::decode_range_into(bytes, start, end, out);
         }
     }
 
@@ -305,7 +304,7 @@ impl Block {
 
     /// Every sample of series `id` in `[start, end]`, oldest first.
     fn samples(&self, id: Slot, start: i64, end: i64) -> Vec<Sample> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.capacity_for(id, start, end));
         self.read_samples(id, start, end, &mut Vec::new(), &mut out);
         out
     }
@@ -366,21 +365,6 @@ impl Block {
     /// All samples of series `id`.
     pub(crate) fn samples_of(&self, id: Slot) -> Vec<Sample> {
         self.samples(id, i64::MIN, i64::MAX)
-    }
-}
-
-/// Decodes one block chunk's bytes, appending its samples in `[start, end]` to `out` (all of
-/// them when `whole`: the chunk lies inside the range). The one place a block chunk is decoded.
-fn decode_chunk(bytes: &[u8], start: i64, end: i64, whole: bool, out: &mut Vec<Sample>) {
-    let from = out.len();
-    super::decimal::decode_into(bytes, out);
-    if !whole {
-        // Samples are in time order: keep the run inside the range.
-        let tail = &out[from..];
-        let lo = tail.partition_point(|s| s.timestamp_ms < start);
-        let hi = tail.partition_point(|s| s.timestamp_ms <= end);
-        out.truncate(from + hi);
-        out.drain(from..from + lo);
     }
 }
 
@@ -472,7 +456,7 @@ impl BlockWriter {
         for s in samples {
             chunk.append(s.timestamp_ms, s.value);
         }
-        let packed = super::packed::encode(samples).filter(|d| d.len() < chunk.bytes().len());
+        let packed = chunk.packed_if_smaller(samples);
         let bytes = packed.as_deref().unwrap_or(chunk.bytes());
         let len =
             u32::try_from(bytes.len()).map_err(|_| StoreError::RecordTooLarge(bytes.len()))?;

@@ -18,8 +18,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use sonde_common::model::Sample;
-
 use super::StoreError;
 use super::block::SAMPLES_PER_BLOCK_CHUNK;
 use super::chunk::Chunk;
@@ -210,9 +208,7 @@ impl Kept {
         let mut w = RecordWriter::new(wal::TYPE_CHUNKS);
         for (sref, chunks) in self.chunks {
             for c in chunks {
-                let samples: Vec<Sample> = c.iter().collect();
-                let packed = super::packed::encode(&samples).filter(|p| p.len() < c.bytes().len());
-                w.chunk(sref, packed.as_deref().unwrap_or(c.bytes()))?;
+                w.chunk(sref, &c.seal().bytes)?;
             }
         }
         if w.is_empty() {

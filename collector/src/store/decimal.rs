@@ -82,6 +82,19 @@ pub(crate) fn decode_into(bytes: &[u8], out: &mut Vec<Sample>) {
     }
 }
 
+/// [`decode_into`], keeping only the samples in `[start, end]` (a chunk's samples are in time
+/// order).
+pub(crate) fn decode_range_into(bytes: &[u8], start: i64, end: i64, out: &mut Vec<Sample>) {
+    let from = out.len();
+    decode_into(bytes, out);
+    let tail = &out[from..];
+    let lo = tail.partition_point(|s| s.timestamp_ms < start);
+    // At least `lo`: an empty range (`end < start`) keeps nothing.
+    let hi = tail.partition_point(|s| s.timestamp_ms <= end).max(lo);
+    out.truncate(from + hi);
+    out.drain(from..from + lo);
+}
+
 /// Reads a block chunk, Gorilla, packed or decimal. A malformed chunk yields what could be
 /// read of it (nothing, if packed).
 pub(crate) fn iter(bytes: &[u8]) -> AnyChunkIter<'_> {
@@ -136,27 +149,12 @@ impl Iterator for AnyChunkIter<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packed::tests::{bits, samples};
     use super::*;
     use proptest::prelude::*;
 
-    fn samples(values: &[f64]) -> Vec<Sample> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| Sample::new(1_700_000_000_000 + i as i64 * 10_000, v))
-            .collect()
-    }
-
     fn roundtrip(s: &[Sample]) -> Vec<(i64, u64)> {
-        iter(&encode(s).unwrap())
-            .map(|x| (x.timestamp_ms, x.value.to_bits()))
-            .collect()
-    }
-
-    fn bits(s: &[Sample]) -> Vec<(i64, u64)> {
-        s.iter()
-            .map(|x| (x.timestamp_ms, x.value.to_bits()))
-            .collect()
+        bits(&iter(&encode(s).unwrap()).collect::<Vec<_>>())
     }
 
     #[test]
@@ -213,6 +211,25 @@ mod tests {
             decode_into(bytes, &mut out);
             assert_eq!(bits(&out[1..]), bits(&s));
             assert_eq!(bits(&iter(bytes).collect::<Vec<_>>()), bits(&s));
+        }
+    }
+
+    #[test]
+    fn range_decoding_keeps_the_samples_in_the_range() {
+        let s = samples(&[1.0, 5.0, 2.5, 7.0, 3.0]);
+        let t = |i: usize| s[i].timestamp_ms;
+        for bytes in [encode(&s).unwrap(), packed::encode(&s).unwrap()] {
+            for (start, end, want) in [
+                (i64::MIN, i64::MAX, 0..5),
+                (t(1), t(3), 1..4),
+                (t(1) + 1, t(3) - 1, 2..3),
+                (t(3), t(1), 0..0),
+                (t(4) + 1, i64::MAX, 0..0),
+            ] {
+                let mut out = vec![Sample::new(0, 0.0)];
+                decode_range_into(&bytes, start, end, &mut out);
+                assert_eq!(bits(&out[1..]), bits(&s[want]), "[{start}, {end}]");
+            }
         }
     }
 

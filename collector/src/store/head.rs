@@ -203,16 +203,26 @@ impl MemSeries {
         self.scan_chunks(start, end, f);
     }
 
+    /// The sealed chunks overlapping `[start, end]`.
+    fn sealed_in(&self, start: i64, end: i64) -> &[SealedChunk] {
+        let rest = &self.sealed[self.sealed.partition_point(|c| c.max_t < start)..];
+        &rest[..rest.partition_point(|c| c.min_t <= end)]
+    }
+
+    /// Whether the open chunk holds samples at or before `end` (those after `start` are
+    /// filtered by whoever reads it: its newest sample is the series' newest).
+    fn open_reaches(&self, end: i64) -> bool {
+        !self.open.is_empty() && self.open.min_t() <= end
+    }
+
     /// [`MemSeries::scan_range`] over the chunks alone.
     fn scan_chunks(&self, start: i64, end: i64, mut f: impl FnMut(Sample) -> bool) {
-        let first = self.sealed.partition_point(|c| c.max_t < start);
-        let sealed = self.sealed.get(first..).unwrap_or_default();
-        let chunks = sealed
+        let chunks = self
+            .sealed_in(start, end)
             .iter()
-            .take_while(|c| c.min_t <= end)
             .map(SealedChunk::iter)
             .chain(
-                (!self.open.is_empty() && self.open.min_t() <= end)
+                self.open_reaches(end)
                     .then(|| AnyChunkIter::Gorilla(self.open.iter())),
             );
         for chunk in chunks {
@@ -295,26 +305,12 @@ impl MemSeries {
             });
             return out;
         }
-        // Sealed chunks wholly inside the range are decoded in one pass each.
-        let first = self.sealed.partition_point(|c| c.max_t < start);
-        for c in self.sealed[first..].iter().take_while(|c| c.min_t <= end) {
-            if c.min_t >= start && c.max_t <= end {
-                super::decimal::decode_into(&c.bytes, &mut out);
-            } else {
-                out.extend(
-                    c.iter()
-                        .skip_while(|s| s.timestamp_ms < start)
-                        .take_while(|s| s.timestamp_ms <= end),
-                );
-            }
+        // Each chunk decoded in one pass (a packed one without an iterator).
+        for c in self.sealed_in(start, end) {
+            super::decimal::decode_range_into(&c.bytes, start, end, &mut out);
         }
-        if !self.open.is_empty() && self.open.min_t() <= end {
-            out.extend(
-                self.open
-                    .iter()
-                    .skip_while(|s| s.timestamp_ms < start)
-                    .take_while(|s| s.timestamp_ms <= end),
-            );
+        if self.open_reaches(end) {
+            super::decimal::decode_range_into(self.open.bytes(), start, end, &mut out);
         }
         out
     }
@@ -325,13 +321,12 @@ impl MemSeries {
         if start > end {
             return 0;
         }
-        let first = self.sealed.partition_point(|c| c.max_t < start);
-        let sealed: usize = self.sealed[first..]
+        let sealed: usize = self
+            .sealed_in(start, end)
             .iter()
-            .take_while(|c| c.min_t <= end)
             .map(|c| usize::from(c.len()))
             .sum();
-        let open = if !self.open.is_empty() && self.open.min_t() <= end {
+        let open = if self.open_reaches(end) {
             usize::from(self.open.len())
         } else {
             0

@@ -366,11 +366,12 @@ pub(crate) fn decode_into(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), Mal
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn samples(values: &[f64]) -> Vec<Sample> {
+    /// `values` at a 10 s interval.
+    pub(crate) fn samples(values: &[f64]) -> Vec<Sample> {
         values
             .iter()
             .enumerate()
@@ -378,7 +379,8 @@ mod tests {
             .collect()
     }
 
-    fn bits(s: &[Sample]) -> Vec<(i64, u64)> {
+    /// Timestamps and value bits, for exact comparisons (NaN included).
+    pub(crate) fn bits(s: &[Sample]) -> Vec<(i64, u64)> {
         s.iter()
             .map(|x| (x.timestamp_ms, x.value.to_bits()))
             .collect()

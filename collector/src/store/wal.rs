@@ -15,7 +15,7 @@
 //!                   samples (any form [`super::decimal::iter`] reads); checkpoints write them
 //! string   uvarint byte length, UTF-8 bytes
 //! value    uvarint u, then:
-//!            u even         the integer zigzag(u >> 1)
+//!            u even         the integer whose zigzag encoding is u >> 1
 //!            u = 2k + 1     k = 0: 8 bytes LE f64 bits; 1 <= k <= 6: a zigzag varint m, the
 //!                           value m / 10^k (chosen only when that gives back the same bits)
 //! ```
