@@ -336,10 +336,25 @@ impl MemSeries {
 
     pub(crate) fn has_samples_in(&self, start: i64, end: i64) -> bool {
         match self.last {
-            None => false,
-            Some((last_t, _)) if last_t < start => false,
-            Some(_) => self.first_at_or_after(start).is_some_and(|t| t <= end),
+            None => return false,
+            Some((last_t, _)) if last_t < start || start > end => return false,
+            Some(_) => {}
         }
+        // The first chunk reaching `start` answers from its bounds when its first or last
+        // sample lies in the range (a range that falls between two of its samples needs a
+        // decode).
+        let i = self.sealed.partition_point(|c| c.max_t < start);
+        let bounds = match self.sealed.get(i) {
+            Some(c) => Some((c.min_t, c.max_t)),
+            None if !self.open.is_empty() && self.open.max_t() >= start => {
+                Some((self.open.min_t(), self.open.max_t()))
+            }
+            None => None,
+        };
+        if bounds.is_some_and(|(lo, hi)| hi <= end || (start..=end).contains(&lo)) {
+            return true;
+        }
+        self.first_at_or_after(start).is_some_and(|t| t <= end)
     }
 }
 
@@ -1002,6 +1017,29 @@ mod tests {
         assert!(!series.has_samples_in(4991, 10_000));
         assert!(!series.has_samples_in(1201, 1209));
         assert!(series.samples_in(10, 5).is_empty());
+        // Whether a range holds samples agrees with reading them, for ranges inside a chunk,
+        // across chunk edges and between samples, with out-of-order samples too.
+        let mut head2 = Head::new();
+        head2.set_out_of_order_window(2000);
+        let s2 = add(&mut head2, "m", &[]);
+        for t in (0..300).filter(|t| t % 37 != 5) {
+            head2.append(s2, t * 10, t as f64);
+        }
+        for t in [55, 425, 1235] {
+            assert_eq!(head2.append(s2, 2990 - t, 0.5), Verdict::Append);
+        }
+        for series in [series, head2.get(s2).unwrap()] {
+            for start in (-20..3100).step_by(7) {
+                for len in [0, 3, 9, 10, 25, 1300, 4000] {
+                    let end = start + len;
+                    assert_eq!(
+                        series.has_samples_in(start, end),
+                        !series.samples_in(start, end).is_empty(),
+                        "[{start}, {end}]"
+                    );
+                }
+            }
+        }
         // The room reserved covers what is read, over sealed and open chunks.
         for (start, end) in [
             (0, 5000),
