@@ -75,10 +75,6 @@ impl Chunk {
         self.count
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Timestamp of the first sample (meaningless while empty).
     pub(crate) fn min_t(&self) -> i64 {
         self.min_t
@@ -211,6 +207,16 @@ pub(crate) struct SealedChunk {
 }
 
 impl SealedChunk {
+    /// A sealed chunk of `count` samples from `min_t` to `max_t`, encoded in `bytes`.
+    pub(crate) fn new(min_t: i64, max_t: i64, count: u16, bytes: Vec<u8>) -> Self {
+        Self {
+            min_t,
+            max_t,
+            count,
+            bytes: Arc::from(bytes),
+        }
+    }
+
     pub(crate) fn iter(&self) -> super::decimal::AnyChunkIter<'_> {
         super::decimal::iter(&self.bytes)
     }

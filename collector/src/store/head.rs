@@ -19,8 +19,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use sonde_common::model::{Label, Sample, Series};
 
-use super::chunk::{Chunk, SAMPLES_PER_CHUNK, SealedChunk};
-use super::decimal::AnyChunkIter;
+use super::chunk::{SAMPLES_PER_CHUNK, SealedChunk};
+use super::open_chunk::OpenChunk;
 use super::matcher::Matcher;
 use super::postings::Postings;
 pub(crate) use super::postings::Slot;
@@ -52,7 +52,7 @@ pub(crate) struct MemSeries {
     /// Whether a SERIES record for it is durable in the WAL.
     pub(crate) logged: bool,
     sealed: Vec<SealedChunk>,
-    open: Chunk,
+    open: OpenChunk,
     /// Newest sample: timestamp and value bits.
     last: Option<(i64, u64)>,
     /// Samples that arrived out of order within the window (older than `last` when they
@@ -80,7 +80,7 @@ impl MemSeries {
             wal_ref,
             logged,
             sealed: Vec::new(),
-            open: Chunk::new(),
+            open: OpenChunk::new(),
             last: None,
             ooo: Vec::new(),
             hidden: 0,
@@ -166,7 +166,7 @@ impl MemSeries {
         }
         if self.open.len() >= SAMPLES_PER_CHUNK {
             let full = std::mem::take(&mut self.open);
-            self.sealed.push(full.seal());
+            self.sealed.extend(full.seal());
         }
         if self.open.append(t, v) {
             self.last = Some((t, bits));
@@ -217,23 +217,15 @@ impl MemSeries {
 
     /// [`MemSeries::scan_range`] over the chunks alone.
     fn scan_chunks(&self, start: i64, end: i64, mut f: impl FnMut(Sample) -> bool) {
-        let chunks = self
-            .sealed_in(start, end)
-            .iter()
-            .map(SealedChunk::iter)
-            .chain(
-                self.open_reaches(end)
-                    .then(|| AnyChunkIter::Gorilla(self.open.iter())),
-            );
-        for chunk in chunks {
-            for s in chunk {
-                if s.timestamp_ms > end {
-                    return;
-                }
-                if s.timestamp_ms >= start && !f(s) {
-                    return;
-                }
+        // Whether to go on after `s`.
+        let mut visit = |s: Sample| s.timestamp_ms <= end && (s.timestamp_ms < start || f(s));
+        for chunk in self.sealed_in(start, end) {
+            if !chunk.iter().all(&mut visit) {
+                return;
             }
+        }
+        if self.open_reaches(end) {
+            self.open.iter().all(visit);
         }
     }
 
@@ -244,14 +236,14 @@ impl MemSeries {
             .ooo
             .get(self.ooo.partition_point(|&(x, _)| x < t))
             .map(|&(x, _)| x);
-        let first = |mut samples: AnyChunkIter<'_>| samples.find(|s| s.timestamp_ms >= t);
+        let after = |s: &Sample| s.timestamp_ms >= t;
         let i = self.sealed.partition_point(|c| c.max_t < t);
         let chunks = match self.sealed.get(i) {
             Some(c) if c.min_t >= t => Some(c.min_t),
-            Some(c) => first(c.iter()).map(|s| s.timestamp_ms),
+            Some(c) => c.iter().find(after).map(|s| s.timestamp_ms),
             None if self.open.is_empty() || self.open.max_t() < t => None,
             None if self.open.min_t() >= t => Some(self.open.min_t()),
-            None => first(AnyChunkIter::Gorilla(self.open.iter())).map(|s| s.timestamp_ms),
+            None => self.open.iter().find(after).map(|s| s.timestamp_ms),
         };
         match (ooo, chunks) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -272,7 +264,7 @@ impl MemSeries {
             .sum();
         if !self.open.is_empty() && self.open.max_t() < t {
             dropped += u64::from(self.open.len());
-            self.open = Chunk::new();
+            self.open = OpenChunk::new();
         }
         let before = self.ooo.len();
         self.ooo.retain(|&(x, _)| x >= t);
@@ -292,7 +284,7 @@ impl MemSeries {
             .iter()
             .map(|c| c.bytes.len() as u64)
             .sum::<u64>()
-            + self.open.bytes().len() as u64
+            + self.open.byte_len() as u64
             + (self.ooo.len() * 16) as u64
     }
 
@@ -310,7 +302,7 @@ impl MemSeries {
             super::decimal::decode_range_into(&c.bytes, start, end, &mut out);
         }
         if self.open_reaches(end) {
-            super::decimal::decode_range_into(self.open.bytes(), start, end, &mut out);
+            self.open.decode_range_into(start, end, &mut out);
         }
         out
     }

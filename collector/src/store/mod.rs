@@ -62,6 +62,7 @@ mod decimal;
 mod head;
 mod maintain;
 mod matcher;
+mod open_chunk;
 mod packed;
 mod postings;
 mod shapes;

@@ -32,11 +32,11 @@
 use sonde_common::model::Sample;
 
 pub(crate) const MARKER: u8 = 0xfe;
-const MAX_EXPONENT: i32 = 6;
+pub(crate) const MAX_EXPONENT: i32 = 6;
 /// Integers beyond this lose precision as `f64`; such values stay in Gorilla chunks.
-const MAX_INT: f64 = 9_007_199_254_740_992.0;
+pub(crate) const MAX_INT: f64 = 9_007_199_254_740_992.0;
 
-fn pow10(k: i32) -> f64 {
+pub(crate) fn pow10(k: i32) -> f64 {
     10f64.powi(k)
 }
 
@@ -46,20 +46,35 @@ pub(crate) fn integers(samples: &[Sample]) -> Option<(u8, Vec<i64>)> {
         let scale = pow10(k);
         let mut out = Vec::with_capacity(samples.len());
         for s in samples {
-            let m = (s.value * scale).round();
-            if !m.is_finite() || m.abs() >= MAX_INT {
-                return None;
+            match integer_at(s.value, scale) {
+                Some(m) => out.push(m),
+                None if short_at_some_exponent(s.value) => continue 'exponent,
+                None => return None,
             }
-            // Checked through the integer, exactly as decoding computes it (-0.0 fails here).
-            let m = m as i64;
-            if (m as f64 / scale).to_bits() != s.value.to_bits() {
-                continue 'exponent;
-            }
-            out.push(m);
         }
         return Some((k as u8, out));
     }
     None
+}
+
+/// `v x scale` (`scale` = 10^k) as an integer, when dividing it by `scale` gives back `v` bit
+/// for bit: checked through the integer, exactly as decoding computes it (so -0.0, NaN, the
+/// infinities and integers beyond 2^53 never qualify).
+#[inline]
+pub(crate) fn integer_at(v: f64, scale: f64) -> Option<i64> {
+    let m = (v * scale).round();
+    if !m.is_finite() || m.abs() >= MAX_INT {
+        return None;
+    }
+    let m = m as i64;
+    ((m as f64 / scale).to_bits() == v.to_bits()).then_some(m)
+}
+
+/// Whether `v` could be a short decimal at all (finite, and small enough at the largest
+/// exponent), so trying a larger exponent may help.
+fn short_at_some_exponent(v: f64) -> bool {
+    let m = (v * pow10(MAX_EXPONENT)).round();
+    m.is_finite() && m.abs() < MAX_INT
 }
 
 pub(crate) fn write_uvarint(out: &mut Vec<u8>, mut x: u64) {
@@ -103,13 +118,20 @@ pub(crate) fn encode(samples: &[Sample]) -> Option<Vec<u8>> {
     }
     let (k, ints) = integers(samples)?;
     let times: Vec<i64> = samples.iter().map(|s| s.timestamp_ms).collect();
-    let mut out = Vec::with_capacity(16 + samples.len() * 2);
+    Some(encode_integers(k, &times, &ints))
+}
+
+/// The packed form of samples already split into timestamps and the integers `value x 10^k`
+/// (as many of each, 1 to 65,535, `k` at most 6).
+pub(crate) fn encode_integers(k: u8, times: &[i64], ints: &[i64]) -> Vec<u8> {
+    debug_assert!(times.len() == ints.len() && i32::from(k) <= MAX_EXPONENT);
+    let mut out = Vec::with_capacity(16 + times.len() * 2);
     out.push(MARKER);
     out.push(k);
-    write_uvarint(&mut out, samples.len() as u64);
-    write_sequence(&mut out, &times);
-    write_sequence(&mut out, &ints);
-    Some(out)
+    write_uvarint(&mut out, times.len() as u64);
+    write_sequence(&mut out, times);
+    write_sequence(&mut out, ints);
+    out
 }
 
 /// The `order`-th difference of `x` at index `i` (`i >= order`), wrapping.
