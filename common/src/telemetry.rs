@@ -300,14 +300,23 @@ fn escape(v: &str) -> String {
 
 /// Formats a value as Prometheus does: shortest round-trip form, `NaN`, `+Inf`, `-Inf`.
 pub fn format_value(v: f64) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v);
+    out
+}
+
+/// [`format_value`], appended to `out`.
+pub fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if v == f64::INFINITY {
-        "+Inf".into()
+        out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
+        out.push_str("-Inf");
     } else {
-        format!("{v}")
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{v}");
     }
 }
 

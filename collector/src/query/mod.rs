@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, json};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::ingest::auth::Principal;
@@ -248,12 +249,13 @@ fn write_timestamp(out: &mut String, ms: i64) {
     } else {
         ("", ms as i128)
     };
-    out.push_str(sign);
-    out.push_str(&(ms / 1000).to_string());
     let fraction = ms % 1000;
-    if fraction != 0 {
-        out.push_str(&format!(".{fraction:03}"));
-    }
+    // Writing to a String cannot fail.
+    let _ = if fraction != 0 {
+        write!(out, "{sign}{}.{fraction:03}", ms / 1000)
+    } else {
+        write!(out, "{sign}{}", ms / 1000)
+    };
 }
 
 /// Appends `s` as a JSON string escaped as Prometheus's encoder escapes it: `<`, `>`, `&`,
@@ -291,9 +293,10 @@ fn write_float_seconds(out: &mut String, ms: i64) {
 fn write_point(out: &mut String, ms: i64, value: f64) {
     out.push('[');
     write_timestamp(out, ms);
-    out.push(',');
-    write_string(out, &sonde_common::telemetry::format_value(value));
-    out.push(']');
+    out.push_str(",\"");
+    // A formatted value never needs escaping: digits, '.', '-', "NaN", "+Inf", "-Inf".
+    sonde_common::telemetry::write_value(out, value);
+    out.push_str("\"]");
 }
 
 fn write_metric(out: &mut String, labels: &eval::Labels) {
@@ -436,7 +439,9 @@ fn range_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<
     let limits = limits(state, params)?;
     let result = eval::range_query(&reader, query, start, end, step, lookback, limits)
         .map_err(eval_error)?;
-    let mut out = String::with_capacity(256);
+    // About 30 bytes a point.
+    let points: usize = result.iter().map(|s| s.points.len()).sum();
+    let mut out = String::with_capacity(256 + points.saturating_mul(32));
     write_matrix(&mut out, &result);
     Ok(Data::Raw(out))
 }

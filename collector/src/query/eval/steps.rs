@@ -227,6 +227,12 @@ pub(super) fn range(
     Ok(Some(out))
 }
 
+/// Room for a series' points: one per step at most, and (a guess that spares most series
+/// from growing their vector) not many more than twice its samples.
+fn points_room(samples: &[Sample], steps: &[i64]) -> usize {
+    steps.len().min(samples.len().saturating_mul(2).max(16))
+}
+
 /// An instant selector at every step: the series' newest sample within the lookback, unless
 /// it is a stale marker.
 fn instant(
@@ -235,7 +241,7 @@ fn instant(
     samples: &[Sample],
     steps: &[i64],
 ) -> Vec<(u32, f64)> {
-    let mut points = Vec::new();
+    let mut points = Vec::with_capacity(points_room(samples, steps));
     // samples[..hi] are at or before the read time.
     let mut hi = 0;
     for (k, &t) in steps.iter().enumerate() {
@@ -261,7 +267,7 @@ fn over_range(
     samples: &[Sample],
     steps: &[i64],
 ) -> Vec<(u32, f64)> {
-    let mut points = Vec::new();
+    let mut points = Vec::with_capacity(points_room(samples, steps));
     // The window at each step is samples[lo..hi].
     let (mut lo, mut hi) = (0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
@@ -303,7 +309,7 @@ fn counter_windows(
     let resets: Vec<usize> = (1..samples.len())
         .filter(|&i| samples[i].value < samples[i - 1].value)
         .collect();
-    let mut points = Vec::new();
+    let mut points = Vec::with_capacity(points_room(samples, steps));
     let (mut lo, mut hi, mut next_reset) = (0usize, 0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
         let rt = read_time(sel, t, ev.start, ev.end);
