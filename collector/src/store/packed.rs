@@ -270,78 +270,109 @@ impl<'a> Sequence<'a> {
         })
     }
 
-    /// Decodes the sequence into `out` (resized to `n`), using `padded` as scratch.
+    /// Decodes the sequence into `out` (resized to `n`), using `padded` as scratch: in one
+    /// pass that unpacks each residual and sums it up, or in closed form when every residual is
+    /// the same (width 0: regular timestamps, constant values or increments).
     fn decode(&self, padded: &mut Vec<u8>, out: &mut Vec<i64>) {
         out.clear();
-        out.resize(self.n, 0);
-        let (heads, residuals) = out.split_at_mut(self.order);
-        unpack(self.packed, self.width, self.base, padded, residuals);
-        match heads {
-            [] => {}
-            [x0] => {
-                *x0 = self.first;
-                let mut x = self.first;
-                for r in residuals {
-                    x = x.wrapping_add(*r);
-                    *r = x;
-                }
+        out.reserve(self.n);
+        let x1 = self.first.wrapping_add(self.first_delta);
+        out.extend_from_slice(&[self.first, x1][..self.order]);
+        let count = self.n - self.order;
+        let (base, fd) = (self.base, self.first_delta);
+        if self.width == 0 {
+            match self.order {
+                0 => out.resize(self.n, base),
+                1 => out.extend((1..=count as i64).map(|i| self.first.wrapping_add(i.wrapping_mul(base)))),
+                // x(1 + j) = x1 + j * first delta + base * j (j + 1) / 2
+                _ => out.extend((1..=count as i64).map(|j| {
+                    x1.wrapping_add(j.wrapping_mul(fd))
+                        .wrapping_add(base.wrapping_mul(j * (j + 1) / 2))
+                })),
             }
-            [x0, x1, ..] => {
-                *x0 = self.first;
-                *x1 = self.first.wrapping_add(self.first_delta);
-                let (mut x, mut d) = (*x1, self.first_delta);
-                for r in residuals {
-                    d = d.wrapping_add(*r);
+            return;
+        }
+        padded.clear();
+        padded.extend_from_slice(self.packed);
+        padded.extend_from_slice(&[0; 16]);
+        let width = self.width;
+        match self.order {
+            0 => out.extend(Residuals::new(padded, width, count).map(|r| base.wrapping_add(r))),
+            1 => {
+                let mut x = self.first;
+                out.extend(Residuals::new(padded, width, count).map(|r| {
+                    x = x.wrapping_add(base.wrapping_add(r));
+                    x
+                }));
+            }
+            _ => {
+                let (mut x, mut d) = (x1, fd);
+                out.extend(Residuals::new(padded, width, count).map(|r| {
+                    d = d.wrapping_add(base.wrapping_add(r));
                     x = x.wrapping_add(d);
-                    *r = x;
-                }
+                    x
+                }));
             }
         }
     }
 }
 
-/// Unpacks `out.len()` values of `width` bits (least significant first) from `packed`, each
-/// plus `base`. `padded` is scratch: the bytes are copied into it with eight zero bytes after
-/// them, so that every value is one unaligned 8-byte load.
-fn unpack(packed: &[u8], width: u32, base: i64, padded: &mut Vec<u8>, out: &mut [i64]) {
-    if width == 0 {
-        out.fill(base);
-        return;
-    }
-    padded.clear();
-    padded.extend_from_slice(packed);
-    padded.extend_from_slice(&[0; 16]);
-    if width <= 56 {
-        let mask = (1u64 << width) - 1;
-        let mut bit = 0usize;
-        for o in out.iter_mut() {
-            let p = bit >> 3;
-            let mut word = [0u8; 8];
-            if let Some(w) = padded.get(p..p + 8) {
-                word.copy_from_slice(w);
-            }
-            *o = base.wrapping_add(((u64::from_le_bytes(word) >> (bit & 7)) & mask) as i64);
-            bit += width as usize;
-        }
-    } else {
-        let mask = if width == 64 {
-            u64::MAX
-        } else {
-            (1u64 << width) - 1
-        };
-        let mut bit = 0usize;
-        for o in out.iter_mut() {
-            let p = bit >> 3;
-            let mut word = [0u8; 16];
-            if let Some(w) = padded.get(p..p + 16) {
-                word.copy_from_slice(w);
-            }
-            let raw = (u128::from_le_bytes(word) >> (bit & 7)) as u64;
-            *o = base.wrapping_add((raw & mask) as i64);
-            bit += width as usize;
+/// The `count` values of `width` bits (1 to 64, least significant first) bit-packed in
+/// `padded`, which has sixteen zero bytes after them so that every value is one unaligned
+/// load.
+struct Residuals<'a> {
+    padded: &'a [u8],
+    width: u32,
+    mask: u64,
+    bit: usize,
+    left: usize,
+}
+
+impl<'a> Residuals<'a> {
+    fn new(padded: &'a [u8], width: u32, count: usize) -> Self {
+        Self {
+            padded,
+            width,
+            mask: u64::MAX >> (64 - width),
+            bit: 0,
+            left: count,
         }
     }
 }
+
+impl Iterator for Residuals<'_> {
+    type Item = i64;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<i64> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let p = self.bit >> 3;
+        let raw = if self.width <= 56 {
+            let mut word = [0u8; 8];
+            if let Some(w) = self.padded.get(p..p + 8) {
+                word.copy_from_slice(w);
+            }
+            u64::from_le_bytes(word) >> (self.bit & 7)
+        } else {
+            let mut word = [0u8; 16];
+            if let Some(w) = self.padded.get(p..p + 16) {
+                word.copy_from_slice(w);
+            }
+            (u128::from_le_bytes(word) >> (self.bit & 7)) as u64
+        };
+        self.bit += self.width as usize;
+        Some((raw & self.mask) as i64)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Residuals<'_> {}
 
 /// Scratch space for decoding, reused by each thread.
 #[derive(Default)]

@@ -7,6 +7,7 @@ use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 use sonde_common::model::{Label, Sample, Series};
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::value::Interner;
 use super::{EvalError, Labels, Reader, STALE_NAN_BITS, SeriesSource};
 use crate::store::Matcher;
 // Seeded per process (foldhash): labels come from senders, so hashing must not be
@@ -205,6 +206,7 @@ pub fn fetch(
 ) -> Result<Vec<Fetched>, EvalError> {
     let mut out: Vec<Fetched> = Vec::new();
     let mut index: HashMap<Series, usize> = HashMap::new();
+    let mut interner = Interner::default();
     let mut from = lo;
     while from <= hi {
         let to = from.saturating_add(slice_ms(series) - 1).min(hi);
@@ -218,7 +220,10 @@ pub fn fetch(
             match index.get(&data.series) {
                 Some(&i) => out[i].samples.extend(samples),
                 None => {
-                    out.push(Fetched::new(Labels::from_series(&data.series), samples));
+                    out.push(Fetched::new(
+                        Labels::from_series_with(&data.series, true, &mut interner),
+                        samples,
+                    ));
                     index.insert(data.series, out.len() - 1);
                 }
             }

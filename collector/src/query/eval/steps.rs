@@ -28,6 +28,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::aggregate::{Acc, Op, group_key, grouping};
 use super::functions::{RangeFn, counter_rate, extrapolate, keeps_name, range_fn};
 use super::select::{Selector, is_stale, partition_from, read_time, slice_ms, unwrap_parens};
+use super::value::Interner;
 use super::{EvalError, Evaluator, Labels, RangeSeries, range_ms};
 
 /// Most accumulators (groups x steps) an aggregation keeps at once when its input holds fewer
@@ -144,6 +145,7 @@ pub(super) fn range(
     let slice = i128::from(slice_ms(selected));
     let mut tracks: Vec<(i128, Track)> = Vec::new();
     let mut labels_seen = HashSet::new();
+    let mut interner = Interner::default();
     let mut clash = false;
     ev.reader.select_each(&sel.matchers, lo, hi, &mut |data| {
         ev.check_deadline()?;
@@ -152,11 +154,11 @@ pub(super) fn range(
         };
         let order = (i128::from(first.timestamp_ms) - i128::from(lo)) / slice;
         let mut samples = data.samples;
-        let labels = Labels::from_series(&data.series);
         let (labels, points) = match &shape.elements {
             Elements::Instant(_) => {
                 ev.charge(samples.len())?;
                 let points = instant(ev, &sel, &samples, steps);
+                let labels = Labels::from_series_with(&data.series, true, &mut interner);
                 (labels, points)
             }
             Elements::Range {
@@ -167,11 +169,7 @@ pub(super) fn range(
             } => {
                 samples.retain(|s| !is_stale(s));
                 ev.charge(samples.len())?;
-                let labels = if *keep_name {
-                    labels
-                } else {
-                    labels.without_name()
-                };
+                let labels = Labels::from_series_with(&data.series, *keep_name, &mut interner);
                 // Two series with one label set fail or merge at some steps.
                 clash |= !labels_seen.insert(labels.clone());
                 let points = match counter {

@@ -14,18 +14,40 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Labels(Arc<Vec<(Arc<str>, Arc<str>)>>);
 
+/// Shares equal label strings within one query: series read together repeat most of their
+/// label names and values, which are then allocated once each.
+#[derive(Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+}
+
 impl Labels {
     pub fn from_series(series: &Series) -> Labels {
+        Self::from_series_with(series, true, &mut Interner::default())
+    }
+
+    /// [`Labels::from_series`], with `__name__` only if `name`, and the strings shared
+    /// through `interner`.
+    pub fn from_series_with(series: &Series, name: bool, interner: &mut Interner) -> Labels {
         let mut v = Vec::with_capacity(series.labels.len() + 1);
-        if !series.name.is_empty() {
-            v.push((Arc::from("__name__"), Arc::from(series.name.as_str())));
+        if name && !series.name.is_empty() {
+            v.push((interner.get("__name__"), interner.get(&series.name)));
         }
         v.extend(
             series
                 .labels
                 .iter()
-                .filter(|l| !l.value.is_empty())
-                .map(|l| (Arc::from(l.name.as_str()), Arc::from(l.value.as_str()))),
+                .filter(|l| !l.value.is_empty() && (name || l.name != "__name__"))
+                .map(|l| (interner.get(&l.name), interner.get(&l.value))),
         );
         v.sort();
         v.dedup_by(|a, b| a.0 == b.0);
