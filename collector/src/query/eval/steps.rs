@@ -303,10 +303,18 @@ fn counter_windows(
     samples: &[Sample],
     steps: &[i64],
 ) -> Vec<(u32, f64)> {
-    // The samples below the one before them.
-    let resets: Vec<usize> = (1..samples.len())
-        .filter(|&i| samples[i].value < samples[i - 1].value)
-        .collect();
+    // The samples below the one before them: looked for without a branch first (most series
+    // have none).
+    let any = samples
+        .windows(2)
+        .fold(false, |any, w| any | (w[1].value < w[0].value));
+    let resets: Vec<usize> = if any {
+        (1..samples.len())
+            .filter(|&i| samples[i].value < samples[i - 1].value)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut points = Vec::with_capacity(points_room(samples, steps));
     let (mut lo, mut hi, mut next_reset) = (0usize, 0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
