@@ -1270,15 +1270,6 @@ pub async fn run(
         });
         reports.push(report);
     }
-    if let Ok(secs) = std::env::var("SONDE_STORAGE_HOLD") {
-        eprintln!(
-            "HOLD sonde port {} dir {} vm port {}",
-            sonde.server.port,
-            sonde.dir.display(),
-            vm.server.port
-        );
-        tokio::time::sleep(Duration::from_secs(secs.parse().unwrap_or(600))).await;
-    }
     let (so, vm_f) = (&figures[0], &figures[1]);
     let text = table(&plan, interval, so, vm_f);
     print!("{text}");
