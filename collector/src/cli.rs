@@ -180,6 +180,12 @@ pub struct Cli {
     #[arg(long, env = "SONDE_QUERY_TIMEOUT", default_value = "2m")]
     pub query_timeout: String,
 
+    /// Most points the range query results cache holds (about 16 bytes each); 0 turns it off.
+    /// A repeated range query takes the steps in settled time (older than 5 minutes) from it
+    /// and evaluates only the rest; a query with nocache=1 bypasses it.
+    #[arg(long, env = "SONDE_QUERY_CACHE_POINTS", default_value_t = 2_000_000)]
+    pub query_cache_points: usize,
+
     /// Directory of Prometheus rule files (*.yml, *.yaml) to evaluate: alerting and recording
     /// rules, reloaded when a file changes and on SIGHUP. Without it no rules run.
     #[arg(long, env = "SONDE_RULES_DIR")]

@@ -54,6 +54,8 @@ pub struct QueryConfig {
     pub max_samples: usize,
     /// Longest one query may run.
     pub timeout: Duration,
+    /// Most points the range query results cache holds (0: off).
+    pub cache_points: usize,
 }
 
 /// The alerting loop: rules, where they are evaluated, and the alert manager.
@@ -277,6 +279,7 @@ impl TryFrom<Cli> for Config {
                 max_series: positive("query-max-series", cli.query_max_series)?,
                 max_samples: positive("query-max-samples", cli.query_max_samples)?,
                 timeout: duration("query-timeout", &cli.query_timeout)?,
+                cache_points: cli.query_cache_points,
             },
             scrape: ScrapeSettings {
                 config_file: cli.scrape_config.clone(),

@@ -58,6 +58,8 @@ pub struct AppState {
     pub forwarder: Option<AlertingForwarder>,
     /// Metric families' types, for `/api/v1/metadata`.
     pub metadata: Arc<crate::query::metadata::Metadata>,
+    /// Range query answers about settled time.
+    pub results: crate::query::cache::ResultsCache,
     /// The alerting loop, with `--rules-dir` or `--alert-config`.
     pub alerting: Option<Service>,
     /// The pull model, with `--scrape-config`.
@@ -308,6 +310,7 @@ pub async fn run(
         router,
         forwarder,
         metadata,
+        results: crate::query::cache::ResultsCache::new(config.query.cache_points),
         alerting,
         scrape,
         store,
@@ -658,6 +661,7 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
                 .collect();
             let mut e = sonde_common::telemetry::TextEncoder::new();
             crate::sinks::remote_write::SinkStats::render_all(&mut e, &rows);
+            state.results.render_metrics(&mut e);
             if let Some(f) = &state.forwarder {
                 f.render_metrics(&mut e);
             }

@@ -4,6 +4,7 @@
 //! (success and error), for GET and form-encoded POST, so Grafana's Prometheus data source
 //! works unchanged.
 
+pub mod cache;
 pub mod eval;
 pub mod metadata;
 pub mod params;
@@ -437,8 +438,28 @@ fn range_query(state: &AppState, reader: Reader<'_>, params: &Params) -> Result<
     }
     let lookback = state.config.query.lookback.as_millis() as i64;
     let limits = limits(state, params)?;
-    let result = eval::range_query(&reader, query, start, end, step, lookback, limits)
-        .map_err(eval_error)?;
+    let result = if params
+        .get("nocache")
+        .is_some_and(|v| v == "1" || v == "true")
+    {
+        eval::range_query(&reader, query, start, end, step, lookback, limits)
+    } else {
+        // The epoch first: what changes after it is read cannot be cached as settled.
+        let now = (state.store.settled_epoch(), sonde_common::model::now_ms());
+        state
+            .results
+            .range_query(
+                &reader,
+                reader.tenant,
+                query,
+                (start, end, step),
+                lookback,
+                limits,
+                now,
+            )
+            .map(|(answer, _)| answer)
+    }
+    .map_err(eval_error)?;
     // About 30 bytes a point.
     let points: usize = result.iter().map(|s| s.points.len()).sum();
     let mut out = String::with_capacity(256 + points.saturating_mul(32));

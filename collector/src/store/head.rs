@@ -20,8 +20,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use sonde_common::model::{Label, Sample, Series};
 
 use super::chunk::{SAMPLES_PER_CHUNK, SealedChunk};
-use super::open_chunk::OpenChunk;
 use super::matcher::Matcher;
+use super::open_chunk::OpenChunk;
 use super::postings::Postings;
 pub(crate) use super::postings::Slot;
 

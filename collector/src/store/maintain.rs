@@ -386,6 +386,9 @@ impl Store {
             }
             doomed
         };
+        if !doomed.is_empty() {
+            self.unsettle();
+        }
         for b in &doomed {
             tracing::info!(
                 block = %b.name,

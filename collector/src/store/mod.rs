@@ -278,6 +278,11 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// Samples older than this when they arrive are *late*: they change answers about time that a
+/// results cache takes as settled ([`Store::settled_epoch`]). Agents deliver within seconds;
+/// late samples come from backfills and from senders catching up after an outage.
+pub const SETTLED_AFTER_MS: i64 = 5 * 60_000;
+
 #[derive(Debug)]
 struct Inner {
     cfg: StoreConfig,
@@ -299,6 +304,8 @@ struct Inner {
     replay: ReplayReport,
     /// Each sender's last batch and its series' slots (see [`shapes`]).
     shapes: shapes::Shapes,
+    /// See [`Store::settled_epoch`].
+    settled_epoch: AtomicU64,
 }
 
 /// What `append` does before handing records to the commit thread.
@@ -385,6 +392,7 @@ impl Store {
                 wal_commits,
                 replay,
                 shapes: shapes::Shapes::default(),
+                settled_epoch: AtomicU64::new(0),
             }),
         };
         maintain::start(&store)?;
@@ -416,15 +424,38 @@ impl Store {
         let Some(records) = prepared.records else {
             return Ok(prepared.stats);
         };
+        let oldest = batch
+            .iter()
+            .flat_map(|v| v.samples())
+            .map(|s| s.timestamp_ms)
+            .min();
         let (reply, answer) = oneshot::channel();
         tx.send(CommitRequest { records, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         drop(tx);
         let committed = answer.await.map_err(|_| StoreError::Closed)??;
+        // Once the samples are visible: a cached answer computed before cannot be kept.
+        if oldest
+            .is_some_and(|t| t < sonde_common::model::now_ms().saturating_sub(SETTLED_AFTER_MS))
+        {
+            self.unsettle();
+        }
         let mut stats = prepared.stats;
         stats.add(committed);
         Ok(stats)
+    }
+
+    /// Changes whenever data more than [`SETTLED_AFTER_MS`] old may have changed: after a
+    /// late sample (that old when it arrived) became visible, or after blocks were deleted. A
+    /// cache of answers about settled time stays valid while this stays the same; it must
+    /// read it before computing what it caches.
+    pub fn settled_epoch(&self) -> u64 {
+        self.inner.settled_epoch.load(Ordering::Acquire)
+    }
+
+    fn unsettle(&self) {
+        self.inner.settled_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Resolves (or creates) each series and encodes the samples that are new to the head as

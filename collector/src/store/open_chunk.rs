@@ -400,7 +400,10 @@ mod tests {
         assert_eq!(usize::from(c.len()), samples.len());
         assert_eq!(bits(c.iter()), bits(samples.iter().copied()));
         if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
-            assert_eq!((c.min_t(), c.max_t()), (first.timestamp_ms, last.timestamp_ms));
+            assert_eq!(
+                (c.min_t(), c.max_t()),
+                (first.timestamp_ms, last.timestamp_ms)
+            );
             let (t0, t1) = (first.timestamp_ms, last.timestamp_ms);
             for (a, b) in [
                 (t0, t1),
@@ -463,7 +466,15 @@ mod tests {
     #[test]
     fn values_that_are_no_short_decimal_turn_the_chunk_gorilla() {
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
-        for odd in [stale, f64::NAN, -0.0, f64::INFINITY, 1e300, 0.1234567, 2f64.powi(60)] {
+        for odd in [
+            stale,
+            f64::NAN,
+            -0.0,
+            f64::INFINITY,
+            1e300,
+            0.1234567,
+            2f64.powi(60),
+        ] {
             check(&at_10s(&[1.0, 2.5, odd, 3.0, 4.0]));
             check(&at_10s(&[odd, 1.0, 2.0]));
             let c = filled(&at_10s(&[1.0, odd]));

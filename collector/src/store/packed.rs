@@ -283,7 +283,9 @@ impl<'a> Sequence<'a> {
         if self.width == 0 {
             match self.order {
                 0 => out.resize(self.n, base),
-                1 => out.extend((1..=count as i64).map(|i| self.first.wrapping_add(i.wrapping_mul(base)))),
+                1 => out.extend(
+                    (1..=count as i64).map(|i| self.first.wrapping_add(i.wrapping_mul(base))),
+                ),
                 // x(1 + j) = x1 + j * first delta + base * j (j + 1) / 2
                 _ => out.extend((1..=count as i64).map(|j| {
                     x1.wrapping_add(j.wrapping_mul(fd))

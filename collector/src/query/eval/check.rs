@@ -185,3 +185,59 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
         }
     }
 }
+
+/// Whether each step of a range query of `query` depends on its own time alone (and on
+/// samples at or before it): no `@` modifier (which evaluates at the query's start, end or a
+/// fixed time) and no negative offset (which reads samples after the step). What a results
+/// cache may keep per step. False for what does not parse.
+pub fn step_invariant(query: &str) -> bool {
+    fn walk(expr: &Expr) -> bool {
+        use promql_parser::parser::Offset;
+        let selector = |vs: &parser::VectorSelector| {
+            vs.at.is_none() && !matches!(vs.offset, Some(Offset::Neg(_)))
+        };
+        match expr {
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => true,
+            Expr::Paren(p) => walk(&p.expr),
+            Expr::Unary(u) => walk(&u.expr),
+            Expr::VectorSelector(vs) => selector(vs),
+            Expr::MatrixSelector(ms) => selector(&ms.vs),
+            Expr::Subquery(_) | Expr::Extension(_) => false,
+            Expr::Aggregate(a) => a.param.as_deref().is_none_or(walk) && walk(&a.expr),
+            Expr::Binary(b) => walk(&b.lhs) && walk(&b.rhs),
+            Expr::Call(c) => c.args.args.iter().all(|a| walk(a)),
+        }
+    }
+    parse(query).is_ok_and(|e| walk(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_depend_on_their_own_time_unless_at_or_a_negative_offset() {
+        for q in [
+            "up",
+            "rate(x[5m])",
+            "sum by (a) (rate(x[5m] offset 1h)) / on (a) group_left count(y)",
+            "time() - timestamp(z)",
+            "topk(3, -x)",
+            "label_replace(x, \"a\", \"$1\", \"b\", \"(.*)\")",
+        ] {
+            assert!(step_invariant(q), "{q}");
+        }
+        for q in [
+            "x @ end()",
+            "rate(x[5m] @ start())",
+            "x @ 1700000000",
+            "x offset -5m",
+            "sum(rate(x[1m] offset -1m))",
+            "1 + (y @ 100)",
+            "rate(x[5m])[1h:1m]",
+            "not a query (",
+        ] {
+            assert!(!step_invariant(q), "{q}");
+        }
+    }
+}

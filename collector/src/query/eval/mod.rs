@@ -23,7 +23,7 @@ mod select;
 mod steps;
 mod value;
 
-pub use check::{check, parse};
+pub use check::{check, parse, step_invariant};
 pub use select::{At, Selector, SeriesPoints, eval_vector, metric_labels, series_selector};
 pub use value::{Elem, EvalError, Labels, RangeSeries, Value};
 
