@@ -9,12 +9,12 @@
 //! and lookback. Only the steps after the kept ones are evaluated again, and the two parts are
 //! joined series by series.
 //!
-//! Settled time changes only when the store says so ([`Store::settled_epoch`]: a late sample
-//! became visible, or retention deleted blocks); an entry records the epoch read before its
-//! points were computed and is dropped as soon as the epoch differs. Expressions whose steps do
-//! not depend on their own time alone are never kept: those with `@` (whose time is the
-//! query's start or end, or fixed) and those with a negative offset (which read samples after
-//! the step, not settled yet).
+//! Settled time changes only when the store says so
+//! ([`crate::store::Store::settled_epoch`]: a late sample became visible, or retention deleted
+//! blocks); an entry records the epoch read before its points were computed and is dropped as
+//! soon as the epoch differs. Expressions whose steps do not depend on their own time alone
+//! are never kept: those with `@` (whose time is the query's start or end, or fixed) and those
+//! with a negative offset (which read samples after the step, not settled yet).
 //!
 //! # Bounds
 //! The entries hold at most `max_points` points together; the least recently used go first.

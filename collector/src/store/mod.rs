@@ -1,6 +1,7 @@
 //! The embedded single-node time-series store, shaped like Prometheus's TSDB: a write-ahead log
-//! ([`wal`]) in front of an in-memory head ([`head`]) of Gorilla-compressed chunks
-//! ([`chunk`]; full ones bit-packed when that is smaller, [`packed`]), found through an
+//! ([`wal`]) in front of an in-memory head ([`head`]) of compressed chunks (the open one a
+//! varint stream of short decimals, [`open_chunk`]; full ones bit-packed, [`packed`], or
+//! Gorilla-compressed, [`chunk`], whichever is smaller), found through an
 //! inverted index ([`postings`]) by label [`matcher`]s. The
 //! maintenance thread ([`maintain`]) cuts the head into immutable on-disk [`block`]s,
 //! replaces the WAL segments they cover by a [`checkpoint`], compacts small blocks into larger
