@@ -339,6 +339,18 @@ mod tests {
         }
     }
 
+    /// An empty store without maintenance (kept with its directory).
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig {
+            retention: Duration::ZERO,
+            maintenance_interval: Duration::ZERO,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap();
+        (dir, store)
+    }
+
     const QUERIES: [&str; 5] = [
         "sum by (a) (rate(x[5m]))",
         "x",
@@ -349,13 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_queries_take_settled_steps_from_the_cache_and_answer_as_fresh_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig {
-            retention: Duration::ZERO,
-            maintenance_interval: Duration::ZERO,
-            ..StoreConfig::new(dir.path())
-        })
-        .unwrap();
+        let (_dir, store) = store();
         let t0 = now_ms() / STEP * STEP;
         // Two counters over the last two hours, every 10 s.
         let mut t = t0 - 2 * 3_600_000;
@@ -446,13 +452,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_larger_than_the_bound_are_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig {
-            retention: Duration::ZERO,
-            maintenance_interval: Duration::ZERO,
-            ..StoreConfig::new(dir.path())
-        })
-        .unwrap();
+        let (_dir, store) = store();
         let t0 = now_ms() / STEP * STEP;
         for t in (t0 - 3_600_000..=t0).step_by(10_000) {
             push(&store, &[("1", t, 1.0), ("2", t, 2.0)]).await;
