@@ -266,3 +266,64 @@ fn query_api_shapes_and_errors_match_prometheus() {
         assert!(!v["error"].as_str().unwrap().is_empty());
     }
 }
+
+/// The value of an unlabelled self-metric.
+fn self_metric(port: u16, name: &str) -> f64 {
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+#[test]
+fn repeated_range_queries_come_from_the_results_cache_until_a_late_sample_arrives() {
+    let server = Server::start(&[]);
+    let port = server.port;
+    let now = (now_ms() / 60_000) * 60_000;
+    for minutes in [20, 15, 10, 5, 0] {
+        let body = batch_bytes(
+            &[("up", &[("job", "node")])],
+            now - minutes * 60_000,
+            Compression::Zstd,
+        );
+        assert_eq!(push(port, &body, CT, "zstd").0, 200);
+    }
+    let range = |extra: &str| {
+        let (status, body) = http_get(
+            port,
+            &format!(
+                "/api/v1/query_range?query=up&start={}&end={}&step=60{extra}",
+                (now - 30 * 60_000) / 1000,
+                now / 1000
+            ),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let cached = || self_metric(port, "sonde_query_cache_steps_cached_total");
+    let first = range("");
+    assert_eq!(cached(), 0.0);
+    // The steps up to five minutes before the first query came from the cache, with the
+    // same answer.
+    assert_eq!(range(""), first);
+    assert!(cached() >= 25.0, "{}", cached());
+    let before = cached();
+    assert_eq!(range("&nocache=1"), first);
+    assert_eq!(cached(), before, "nocache=1 bypasses the cache");
+    // A late sample (a new series 25 minutes back) invalidates what was kept.
+    let late = batch_bytes(
+        &[("up", &[("job", "late")])],
+        now - 25 * 60_000,
+        Compression::Zstd,
+    );
+    assert_eq!(push(port, &late, CT, "zstd").0, 200);
+    let after = range("");
+    assert!(after.contains("\"late\""), "{after}");
+    assert_eq!(
+        cached(),
+        before,
+        "nothing kept before the late sample is used"
+    );
+}
