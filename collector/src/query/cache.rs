@@ -119,6 +119,16 @@ impl ResultsCache {
         );
     }
 
+    /// Counts a query's steps in the self-metrics.
+    fn count(&self, cached_steps: u64, evaluated_steps: u64) -> Use {
+        self.cached_steps.add(cached_steps);
+        self.evaluated_steps.add(evaluated_steps);
+        Use {
+            cached_steps,
+            evaluated_steps,
+        }
+    }
+
     /// The entry for `key` if it is valid at `epoch` and holds `start`: its last step and
     /// series.
     fn get(&self, key: &Key, epoch: u64, start: i64) -> Option<(i64, Arc<Vec<RangeSeries>>)> {
@@ -199,14 +209,8 @@ impl ResultsCache {
         };
         if self.max_points == 0 || step <= 0 || !eval::step_invariant(query) {
             let answer = evaluate(start)?;
-            self.evaluated_steps.add(steps_in(start, end));
-            return Ok((
-                answer,
-                Use {
-                    cached_steps: 0,
-                    evaluated_steps: steps_in(start, end),
-                },
-            ));
+            let used = self.count(0, steps_in(start, end));
+            return Ok((answer, used));
         }
         let key = Key {
             tenant: tenant.to_owned(),
@@ -236,12 +240,10 @@ impl ResultsCache {
         } else {
             Vec::new()
         };
-        let used = Use {
-            cached_steps: cached.map_or(0, |(_, last)| steps_in(start, last)),
-            evaluated_steps: steps_in(from, end),
-        };
-        self.cached_steps.add(used.cached_steps);
-        self.evaluated_steps.add(used.evaluated_steps);
+        let used = self.count(
+            cached.map_or(0, |(_, last)| steps_in(start, last)),
+            steps_in(from, end),
+        );
         let answer = join(cached.map(|(s, last)| (s, (start, last))), fresh);
         if let Some(last_settled) = last_settled
             && hit.as_ref().is_none_or(|(last, _)| *last < last_settled)

@@ -452,10 +452,7 @@ impl BlockWriter {
 
     /// Writes one chunk of `samples` (oldest first), packed when that is smaller than Gorilla.
     fn write_chunk(&mut self, samples: &[Sample]) -> Result<ChunkRef, StoreError> {
-        let mut chunk = Chunk::new();
-        for s in samples {
-            chunk.append(s.timestamp_ms, s.value);
-        }
+        let chunk = Chunk::of(samples.iter().copied());
         let packed = chunk.packed_if_smaller(samples);
         let bytes = packed.as_deref().unwrap_or(chunk.bytes());
         let len =

@@ -71,6 +71,17 @@ impl Chunk {
         }
     }
 
+    /// A chunk of `samples` (oldest first; past `u16::MAX` of them the rest are left out).
+    pub(crate) fn of(samples: impl IntoIterator<Item = Sample>) -> Self {
+        let mut c = Self::new();
+        for s in samples {
+            if !c.append(s.timestamp_ms, s.value) {
+                break;
+            }
+        }
+        c
+    }
+
     pub(crate) fn len(&self) -> u16 {
         self.count
     }

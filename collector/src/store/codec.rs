@@ -1,6 +1,6 @@
 //! The chunk forms a store writes, behind a small public face for benchmarks and tools:
-//! packed (what blocks and sealed head chunks use for short decimals) and Gorilla (the head's
-//! open chunks, Prometheus's XOR chunk, and the fallback for other values).
+//! packed (what blocks and sealed head chunks use for short decimals) and Gorilla
+//! (Prometheus's XOR chunk, the fallback for other values).
 
 use sonde_common::model::Sample;
 
@@ -13,11 +13,7 @@ pub fn encode_packed(samples: &[Sample]) -> Option<Vec<u8>> {
 
 /// `samples` (oldest first, at most 65,535) as a Gorilla chunk.
 pub fn encode_gorilla(samples: &[Sample]) -> Vec<u8> {
-    let mut c = Chunk::new();
-    for s in samples {
-        c.append(s.timestamp_ms, s.value);
-    }
-    c.bytes().to_vec()
+    Chunk::of(samples.iter().copied()).bytes().to_vec()
 }
 
 /// Appends the samples of a chunk in any form to `out` (of a malformed chunk, what could be

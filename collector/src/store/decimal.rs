@@ -19,18 +19,13 @@ use sonde_common::model::Sample;
 #[cfg(test)]
 use super::chunk::Chunk;
 use super::chunk::ChunkIter;
-use super::packed::{self, read_uvarint, unzigzag};
+use super::packed::{self, MAX_EXPONENT, pow10, read_uvarint, unzigzag};
 #[cfg(test)]
 use super::packed::{integers, write_uvarint, zigzag};
 
 const MARKER: u8 = 0xff;
 #[cfg(test)]
 const HEADER_LEN: usize = 6;
-const MAX_EXPONENT: i32 = 6;
-
-fn pow10(k: i32) -> f64 {
-    10f64.powi(k)
-}
 
 /// The decimal form of `samples` (oldest first, at most `u16::MAX`), if every value has one.
 /// Blocks are written in packed form now; this stays to test that older blocks still read.
@@ -170,10 +165,7 @@ mod tests {
         for values in [&counter, &seconds] {
             let s = samples(values);
             assert_eq!(roundtrip(&s), bits(&s));
-            let mut gorilla = Chunk::new();
-            for x in &s {
-                gorilla.append(x.timestamp_ms, x.value);
-            }
+            let gorilla = Chunk::of(s.iter().copied());
             let decimal = encode(&s).unwrap();
             assert!(
                 decimal.len() < gorilla.bytes().len(),
@@ -197,10 +189,7 @@ mod tests {
     #[test]
     fn every_form_decodes_into_a_vector_as_it_iterates() {
         let s = samples(&[1.0, 5.0, 2.5, 7.0]);
-        let mut gorilla = Chunk::new();
-        for x in &s {
-            gorilla.append(x.timestamp_ms, x.value);
-        }
+        let gorilla = Chunk::of(s.iter().copied());
         let forms = [
             gorilla.bytes().to_vec(),
             encode(&s).unwrap(),

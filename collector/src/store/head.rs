@@ -1,4 +1,5 @@
-//! The head: every series in memory, its samples in Gorilla chunks, and the inverted index
+//! The head: every series in memory, its samples in compressed chunks (the open one in
+//! [`super::open_chunk`]'s form, full ones packed or Gorilla), and the inverted index
 //! that finds series by label.
 //!
 //! - Series live in a `Vec` and are named internally by their position, a [`Slot`]; the WAL

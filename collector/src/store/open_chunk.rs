@@ -67,6 +67,20 @@ impl Decimal {
         }
     }
 
+    /// Reads the stream's `count` samples, the first at `min_t`.
+    fn reader(&self, count: u16, min_t: i64) -> DecimalIter<'_> {
+        DecimalIter {
+            bytes: &self.bytes,
+            pos: 0,
+            left: count,
+            index: 0,
+            t: min_t,
+            delta: 0,
+            m: 0,
+            scale: self.scale,
+        }
+    }
+
     /// Appends sample `index` (its integer `m`), `prev_t` being the previous timestamp.
     fn push(&mut self, index: u16, t: i64, prev_t: i64, m: i64) {
         match index {
@@ -125,13 +139,7 @@ impl OpenChunk {
                 }
                 Form::Decimal(d)
             }
-            None => {
-                let mut c = Chunk::new();
-                for s in samples {
-                    c.append(s.timestamp_ms, s.value);
-                }
-                Form::Gorilla(c)
-            }
+            None => Form::Gorilla(Chunk::of(samples.iter().copied())),
         };
         Self {
             count: samples.len() as u16,
@@ -211,16 +219,7 @@ impl OpenChunk {
     /// The samples, oldest first.
     pub(crate) fn iter(&self) -> OpenIter<'_> {
         match &self.form {
-            Form::Decimal(d) => OpenIter::Decimal(DecimalIter {
-                bytes: &d.bytes,
-                pos: 0,
-                left: self.count,
-                index: 0,
-                t: self.min_t,
-                delta: 0,
-                m: 0,
-                scale: d.scale,
-            }),
+            Form::Decimal(d) => OpenIter::Decimal(d.reader(self.count, self.min_t)),
             Form::Gorilla(c) => OpenIter::Gorilla(c.iter()),
         }
     }
@@ -257,16 +256,7 @@ impl OpenChunk {
             Form::Decimal(d) => {
                 let mut times = Vec::with_capacity(usize::from(count));
                 let mut ints = Vec::with_capacity(usize::from(count));
-                let mut it = DecimalIter {
-                    bytes: &d.bytes,
-                    pos: 0,
-                    left: count,
-                    index: 0,
-                    t: min_t,
-                    delta: 0,
-                    m: 0,
-                    scale: d.scale,
-                };
+                let mut it = d.reader(count, min_t);
                 while let Some((t, m)) = it.next_raw() {
                     times.push(t);
                     ints.push(m);
@@ -276,11 +266,8 @@ impl OpenChunk {
                     return Some(SealedChunk::new(min_t, max_t, count, packed));
                 }
                 // Rare (the varints beat the packing): the smaller of packed and Gorilla.
-                let mut c = Chunk::new();
-                for (&t, &m) in times.iter().zip(&ints) {
-                    c.append(t, m as f64 / d.scale);
-                }
-                Some(c.seal())
+                let samples = times.iter().zip(&ints);
+                Some(Chunk::of(samples.map(|(&t, &m)| Sample::new(t, m as f64 / d.scale))).seal())
             }
         }
     }
@@ -511,16 +498,8 @@ mod tests {
             panic!("decimal expected");
         };
         for cut in 0..d.bytes.len() {
-            let it = DecimalIter {
-                bytes: &d.bytes[..cut],
-                pos: 0,
-                left: c.count,
-                index: 0,
-                t: c.min_t,
-                delta: 0,
-                m: 0,
-                scale: d.scale,
-            };
+            let mut it = d.reader(c.count, c.min_t);
+            it.bytes = &d.bytes[..cut];
             assert!(OpenIter::Decimal(it).count() < 4);
         }
     }

@@ -34,7 +34,7 @@ use sonde_common::model::Sample;
 pub(crate) const MARKER: u8 = 0xfe;
 pub(crate) const MAX_EXPONENT: i32 = 6;
 /// Integers beyond this lose precision as `f64`; such values stay in Gorilla chunks.
-pub(crate) const MAX_INT: f64 = 9_007_199_254_740_992.0;
+const MAX_INT: f64 = 9_007_199_254_740_992.0;
 
 pub(crate) fn pow10(k: i32) -> f64 {
     10f64.powi(k)

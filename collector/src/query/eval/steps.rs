@@ -265,17 +265,31 @@ fn over_range(
     samples: &[Sample],
     steps: &[i64],
 ) -> Vec<(u32, f64)> {
+    each_window(ev, sel, range, samples, steps, |rt, lo, hi| {
+        f(&samples[lo..hi], rt, range)
+    })
+}
+
+/// `f(rt, lo, hi)` at every step whose window `samples[lo..hi]` (the samples in
+/// `[rt - range, rt]`, `rt` the step's read time) is not empty; the points it gives. The
+/// window only moves forward, found from where it was ([`advance`]).
+fn each_window(
+    ev: &Evaluator<'_>,
+    sel: &Selector,
+    range: i64,
+    samples: &[Sample],
+    steps: &[i64],
+    mut f: impl FnMut(i64, usize, usize) -> Option<f64>,
+) -> Vec<(u32, f64)> {
     let mut points = Vec::with_capacity(points_room(samples, steps));
-    // The window at each step is samples[lo..hi].
     let (mut lo, mut hi) = (0usize, 0usize);
     for (k, &t) in steps.iter().enumerate() {
         let rt = read_time(sel, t, ev.start, ev.end);
         (lo, hi) = advance(samples, (lo, hi), rt.saturating_sub(range), rt);
-        let window = &samples[lo..hi];
-        if window.is_empty() {
+        if lo == hi {
             continue;
         }
-        if let Some(v) = f(window, rt, range) {
+        if let Some(v) = f(rt, lo, hi) {
             points.push((k as u32, v));
         }
     }
@@ -315,23 +329,13 @@ fn counter_windows(
     } else {
         Vec::new()
     };
-    let mut points = Vec::with_capacity(points_room(samples, steps));
-    let (mut lo, mut hi, mut next_reset) = (0usize, 0usize, 0usize);
-    for (k, &t) in steps.iter().enumerate() {
-        let rt = read_time(sel, t, ev.start, ev.end);
-        (lo, hi) = advance(samples, (lo, hi), rt.saturating_sub(range), rt);
-        let window = &samples[lo..hi];
-        if window.is_empty() {
-            continue;
-        }
+    let mut next_reset = 0usize;
+    each_window(ev, sel, range, samples, steps, |rt, lo, hi| {
         // The first reset after the window's first sample; the read times never go back.
         next_reset = partition_from_usize(&resets, next_reset, |&i| i <= lo);
         let has_reset = resets.get(next_reset).is_some_and(|&i| i < hi);
-        if let Some(v) = extrapolate(window, rt, range, true, is_rate, has_reset) {
-            points.push((k as u32, v));
-        }
-    }
-    points
+        extrapolate(&samples[lo..hi], rt, range, true, is_rate, has_reset)
+    })
 }
 
 /// `items.partition_point(pred)`, from `hint` on when the answer lies there.
