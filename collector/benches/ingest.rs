@@ -1,5 +1,6 @@
 //! The collector's ingest hot path for one 10,000-sample batch: decode (envelope, zstd,
-//! postcard) + validate (names, labels, limits, time window), and the whole path including the
+//! postcard) + validate (names, labels, limits, time window; or, for a sender's batch of a
+//! shape seen before, limits and time window only), and the whole path including the
 //! embedded store's append (WAL group commit with fsync, then the head).
 //!
 //! `cargo bench -p sonde-collector --bench ingest`
@@ -61,7 +62,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode+validate", |b| {
         b.iter(|| {
             let batch = decode_batch(black_box(&body), Compression::Zstd, &cfg.wire).unwrap();
-            validate(&batch, &cfg, now).unwrap();
+            validate(&batch, &cfg, now, false).unwrap();
+            batch
+        })
+    });
+    // A sender's next batch of the same series: names and labels were checked with its first.
+    group.bench_function("decode+validate (known shape)", |b| {
+        b.iter(|| {
+            let batch = decode_batch(black_box(&body), Compression::Zstd, &cfg.wire).unwrap();
+            validate(&batch, &cfg, now, true).unwrap();
             batch
         })
     });
@@ -83,7 +92,7 @@ fn bench(c: &mut Criterion) {
             },
             |body| {
                 let batch = decode_batch(&body, Compression::Zstd, &cfg.wire).unwrap();
-                validate(&batch, &cfg, now_ms()).unwrap();
+                validate(&batch, &cfg, now_ms(), false).unwrap();
                 let stats = rt.block_on(store.append(&batch)).unwrap();
                 assert_eq!(stats.appended, SERIES as u64);
             },

@@ -88,6 +88,17 @@ pub struct Cli {
     #[arg(long, env = "SONDE_REMOTE_WRITE_FLUSH_INTERVAL", default_value = "1s")]
     pub remote_write_flush_interval: String,
 
+    /// The direct path: while a remote storage keeps up, each batch is forwarded before its
+    /// push is answered, without touching the disk queue; batches arriving within this long
+    /// of each other share one request. When the storage fails or is slow, batches go through
+    /// the disk queue until it has drained. `off` queues every batch.
+    #[arg(long, env = "SONDE_REMOTE_WRITE_DIRECT", default_value = "5ms")]
+    pub remote_write_direct: String,
+
+    /// How long a direct-path request may take before its batches fall back to the disk queue.
+    #[arg(long, env = "SONDE_REMOTE_WRITE_DIRECT_TIMEOUT", default_value = "2s")]
+    pub remote_write_direct_timeout: String,
+
     /// Bearer tokens, one per line: `TOKEN TENANT SCOPES` (scopes: write, read, admin,
     /// comma-separated). Every endpoint but /healthz and /readyz then needs a token with the
     /// right scope, and each tenant sees only its own data. Re-read on change and on SIGHUP.

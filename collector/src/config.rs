@@ -106,6 +106,8 @@ pub struct Config {
     pub queue_max_bytes: u64,
     pub queue_fsync: crate::queue::FsyncPolicy,
     pub remote_write_flush_interval: Duration,
+    /// `None`: every batch through the disk queue.
+    pub remote_write_direct: Option<crate::sinks::remote_write::DirectConfig>,
     pub drain_timeout: Duration,
     pub ingest: IngestConfig,
     pub query: QueryConfig,
@@ -264,6 +266,16 @@ impl TryFrom<Cli> for Config {
                 "remote-write-flush-interval",
                 &cli.remote_write_flush_interval,
             )?,
+            remote_write_direct: match cli.remote_write_direct.as_str() {
+                "off" => None,
+                wait => Some(crate::sinks::remote_write::DirectConfig {
+                    wait: duration("remote-write-direct", wait)?,
+                    timeout: nonzero_duration(
+                        "remote-write-direct-timeout",
+                        &cli.remote_write_direct_timeout,
+                    )?,
+                }),
+            },
             tls: match (cli.tls_cert, cli.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsConfig {
                     cert,

@@ -88,11 +88,17 @@ impl Events {
     }
 
     /// A whole batch was refused; `samples` is how many it carried (0 if undecodable).
-    pub fn batch_rejected(&self, reason: &'static str, samples: usize, peer: &str, cause: &str) {
+    pub fn batch_rejected(
+        &self,
+        reason: &'static str,
+        samples: usize,
+        peer: &dyn std::fmt::Display,
+        cause: &str,
+    ) {
         self.batches_rejected.add(reason, 1);
         self.samples_rejected.add(reason, samples as u64);
         if self.should_log() {
-            tracing::warn!(reason, samples, peer, "rejected batch: {cause}");
+            tracing::warn!(reason, samples, %peer, "rejected batch: {cause}");
         }
     }
 

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod route;
 pub mod scrape;
 pub mod server;
+pub(crate) mod shapes;
 pub mod sinks;
 pub mod store;
 pub mod tls;

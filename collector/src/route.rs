@@ -1,12 +1,14 @@
 //! Route: where an accepted batch goes. The embedded store (single node) and/or any number of
-//! remote-write sinks (fleet), each durable on its own: the store fsyncs its WAL, each sink its
-//! disk queue. The route answers only once every destination holds the batch durably, so a 200
-//! to the sender means nothing acknowledged can be lost.
+//! remote-write sinks (fleet), each durable on its own: the store fsyncs its WAL, each sink has
+//! the storage acknowledge the batch or fsyncs it in its disk queue. The route answers only
+//! once every destination holds the batch durably, so a 200 to the sender means nothing
+//! acknowledged can be lost.
 
 use sonde_common::wire::Batch;
 use thiserror::Error;
 
-use crate::sinks::remote_write::{RemoteWriteSink, SinkError};
+use crate::shapes::ShapeWork;
+use crate::sinks::remote_write::{RemoteWriteSink, SeriesLabels, SinkError};
 use crate::store::{AppendStats, Store, StoreError};
 
 #[derive(Debug, Error)]
@@ -31,6 +33,22 @@ impl RouteError {
 pub trait SampleTap: Send + Sync {
     /// Looks at `batch` of `tenant`; must return at once.
     fn offer(&self, tenant: &str, batch: &Batch);
+}
+
+/// Work done once per shape of a sender's batches (see [`crate::shapes`]) and kept with it:
+/// that the shape's names and labels passed validation (being remembered says so), and its
+/// series encoded for remote write, by the first sink that needs them.
+#[derive(Debug, Default)]
+pub struct SeriesWork {
+    pub(crate) remote_write: Option<SeriesLabels>,
+}
+
+impl ShapeWork for SeriesWork {
+    fn bytes(&self) -> usize {
+        self.remote_write
+            .as_ref()
+            .map_or(0, SeriesLabels::heap_bytes)
+    }
 }
 
 /// Hands validated batches to the destinations.
@@ -59,16 +77,25 @@ impl Router {
 
     /// Returns once the batch is durable in every destination, in `tenant`'s namespace.
     /// `envelope` is the batch as received, when it came as a native envelope: sinks queue it
-    /// without encoding it again.
+    /// without encoding it again. `work` is what is known of the batch's series from the
+    /// sender's earlier batches of the same shape, and takes what sinks work out for them.
     pub async fn route(
         &self,
         tenant: &str,
         batch: &Batch,
         envelope: Option<&[u8]>,
+        mut work: Option<&mut SeriesWork>,
     ) -> Result<AppendStats, RouteError> {
         let tenant_opt = (!tenant.is_empty()).then_some(tenant);
         for sink in &self.sinks {
-            if let Err(cause) = sink.enqueue_with(batch, envelope, tenant_opt).await {
+            let labels = work.as_deref_mut().map(|w| {
+                &*w.remote_write
+                    .get_or_insert_with(|| SeriesLabels::of(batch))
+            });
+            if let Err(cause) = sink
+                .enqueue_prepared(batch, envelope, tenant_opt, labels)
+                .await
+            {
                 let url = sink.url().to_string();
                 return Err(if cause.is_full() {
                     RouteError::Full { url, cause }

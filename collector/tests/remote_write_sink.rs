@@ -16,7 +16,7 @@ use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sonde_collector::queue::{FsyncPolicy, QueueConfig};
-use sonde_collector::sinks::remote_write::{RemoteWriteConfig, RemoteWriteSink};
+use sonde_collector::sinks::remote_write::{DirectConfig, RemoteWriteConfig, RemoteWriteSink};
 use sonde_common::model::{MetricKind, Sample, Series, now_ms};
 use sonde_common::remote_write;
 use sonde_common::wire::{Batch, BatchBuilder, BatchHeader};
@@ -103,6 +103,13 @@ impl Daemon {
         );
     }
 
+    /// Kills the process (SIGKILL) and hands back its data directory, for a restart.
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._data, tempfile::tempdir().unwrap())
+    }
+
     fn write_url(&self) -> hyper::Uri {
         format!("http://127.0.0.1:{}/api/v1/write", self.port)
             .parse()
@@ -123,7 +130,11 @@ async fn victoria_metrics(port: u16) -> Daemon {
 }
 
 async fn prometheus(port: u16) -> Daemon {
-    let data = tempfile::tempdir().unwrap();
+    prometheus_in(port, tempfile::tempdir().unwrap()).await
+}
+
+/// Prometheus on `port` with its data in `data` (a restart keeps what it stored).
+async fn prometheus_in(port: u16, data: tempfile::TempDir) -> Daemon {
     let config = data.path().join("prometheus.yml");
     std::fs::write(&config, "global:\n  scrape_interval: 1m\n").unwrap();
     let args = vec![
@@ -185,7 +196,13 @@ type Point = (BTreeMap<String, String>, i64, u64);
 /// Three batches of four series (two counters, two gauges), two samples per series each,
 /// over the last few minutes; metric names start with `prefix`.
 fn batches(prefix: &str) -> Vec<Batch> {
-    let base = now_ms() - 5 * 60_000;
+    batches_n(prefix, 3)
+}
+
+/// `n` batches like [`batches`]: each batch's samples follow the previous batch's, the last
+/// ones a minute ago.
+fn batches_n(prefix: &str, n: u64) -> Vec<Batch> {
+    let base = now_ms() - n as i64 * 30_000 - 60_000;
     let series = [
         (
             format!("{prefix}_requests_total"),
@@ -208,7 +225,7 @@ fn batches(prefix: &str) -> Vec<Batch> {
             MetricKind::Gauge,
         ),
     ];
-    (0..3)
+    (0..n)
         .map(|b| {
             let mut builder = BatchBuilder::new(BatchHeader {
                 agent_id: "rw-test".into(),
@@ -485,6 +502,8 @@ async fn batches_arriving_within_the_flush_interval_leave_in_one_request() {
         shards: 1,
         max_samples_per_send: 10_000,
         flush_interval: Duration::from_secs(3),
+        // Every batch through the queue: the direct path would forward each on its own.
+        direct: None,
         ..sink_config(vm.write_url(), dir.path())
     });
     let shutdown = CancellationToken::new();
@@ -521,6 +540,81 @@ async fn batches_arriving_within_the_flush_interval_leave_in_one_request() {
         "the drain waited {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_path_forwards_before_answering_then_queues_while_the_storage_is_down_in_order()
+{
+    let port = free_port();
+    let prom = prometheus(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = open_sink(RemoteWriteConfig {
+        direct: Some(DirectConfig {
+            wait: Duration::from_millis(5),
+            timeout: Duration::from_secs(5),
+        }),
+        ..sink_config(prom.write_url(), dir.path())
+    });
+    let shutdown = CancellationToken::new();
+    let task = sink.clone().start(shutdown.clone());
+    wait_for("the direct path", Duration::from_secs(5), async || {
+        sink.is_direct()
+    })
+    .await;
+    let data = batches_n("rwdirect", 12);
+
+    // The storage is up: a push returns once the storage has its samples; the queue is never
+    // written.
+    for b in &data[..4] {
+        let before = sink.stats().samples_sent.get();
+        sink.enqueue(b, None).await.unwrap();
+        assert_eq!(
+            sink.stats().samples_sent.get(),
+            before + b.sample_count() as u64
+        );
+    }
+    assert_eq!(sink.queue_stats().pushed_records, 0);
+    assert_eq!(
+        sink.stats().samples_forwarded.get(),
+        sample_count(&data[..4])
+    );
+
+    // The storage is gone: pushes are still answered, once their batches are in the queue.
+    let data_dir = prom.kill();
+    for b in &data[4..8] {
+        sink.enqueue(b, None).await.unwrap();
+    }
+    assert_eq!(sink.stats().spills.get(), 1);
+    assert!(!sink.is_direct());
+    assert_eq!(sink.queue_stats().pushed_records, 4);
+    assert_eq!(
+        sink.stats().samples_enqueued.get(),
+        sample_count(&data[4..8])
+    );
+
+    // Back: the queue drains, then batches are forwarded directly again.
+    let prom = prometheus_in(port, data_dir).await;
+    wait_for(
+        "the queue drained and the direct path back",
+        Duration::from_secs(30),
+        async || sink.is_direct(),
+    )
+    .await;
+    assert_eq!(sink.queue_stats().records, 0);
+    for b in &data[8..] {
+        sink.enqueue(b, None).await.unwrap();
+    }
+    assert_eq!(sink.queue_stats().pushed_records, 4);
+    assert_eq!(
+        sink.stats().samples_forwarded.get(),
+        sample_count(&data[..4]) + sample_count(&data[8..])
+    );
+    // Prometheus refuses a sample older than its series' last one (a 400, counted as dropped):
+    // none was, so every series arrived in order across the fall-back and the return.
+    assert_eq!(sink.stats().samples_dropped.total(), 0);
+    assert_stored(&prom, "rwdirect", &expected(&data)).await;
+    shutdown.cancel();
+    task.await.unwrap();
 }
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;

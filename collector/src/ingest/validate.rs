@@ -6,8 +6,19 @@ use sonde_common::wire::Batch;
 use super::IngestError;
 use crate::config::IngestConfig;
 
-pub fn validate(batch: &Batch, cfg: &IngestConfig, now_ms: i64) -> Result<(), IngestError> {
-    batch.validate(&cfg.limits)?;
+/// Checks `batch`; with `known`, its series are those of an earlier batch of the sender that
+/// passed (see [`crate::shapes`]), and their names and labels are not checked again.
+pub fn validate(
+    batch: &Batch,
+    cfg: &IngestConfig,
+    now_ms: i64,
+    known: bool,
+) -> Result<(), IngestError> {
+    if known {
+        batch.validate_known(&cfg.limits)?;
+    } else {
+        batch.validate(&cfg.limits)?;
+    }
     let min_ms = now_ms.saturating_sub(cfg.max_sample_age.as_millis() as i64);
     let max_ms = now_ms.saturating_add(cfg.max_sample_future.as_millis() as i64);
     for view in batch.iter() {
@@ -67,11 +78,36 @@ mod tests {
     #[test]
     fn time_window_names_the_series() {
         let now = 1_764_000_000_000;
-        validate(&batch(now), &cfg(), now).unwrap();
-        let err = validate(&batch(now - 3_601_000), &cfg(), now).unwrap_err();
-        assert_eq!(err.reason(), "too_old");
-        assert!(err.to_string().contains("up{host=\"h\"}"), "{err}");
-        let err = validate(&batch(now + 61_000), &cfg(), now).unwrap_err();
-        assert_eq!(err.reason(), "too_new");
+        for known in [false, true] {
+            validate(&batch(now), &cfg(), now, known).unwrap();
+            let err = validate(&batch(now - 3_601_000), &cfg(), now, known).unwrap_err();
+            assert_eq!(err.reason(), "too_old");
+            assert!(err.to_string().contains("up{host=\"h\"}"), "{err}");
+            let err = validate(&batch(now + 61_000), &cfg(), now, known).unwrap_err();
+            assert_eq!(err.reason(), "too_new");
+        }
+    }
+
+    #[test]
+    fn a_known_shape_skips_only_the_name_and_label_checks() {
+        let now = 1_764_000_000_000;
+        let mut bad_name = batch(now);
+        bad_name.strings[0] = "0bad".into();
+        assert!(validate(&bad_name, &cfg(), now, false).is_err());
+        // Known means an earlier batch with these very strings passed: not checked again.
+        validate(&bad_name, &cfg(), now, true).unwrap();
+        // Counts and samples are checked either way.
+        let mut empty = batch(now);
+        empty.series[0].samples.clear();
+        for known in [false, true] {
+            let err = validate(&empty, &cfg(), now, known).unwrap_err();
+            assert_eq!(err.reason(), "no_samples");
+        }
+        let mut tight = cfg();
+        tight.limits.max_series_per_batch = 0;
+        for known in [false, true] {
+            let err = validate(&batch(now), &tight, now, known).unwrap_err();
+            assert_eq!(err.reason(), "too_many_series", "{err}");
+        }
     }
 }

@@ -16,9 +16,12 @@ use crate::route::SampleTap;
 /// Most metric families remembered per tenant.
 pub const MAX_FAMILIES: usize = 100_000;
 
+type Hasher = foldhash::fast::RandomState;
+
+/// Families by tenant. Read for every accepted batch: hashed with foldhash, seeded per process.
 #[derive(Default)]
 pub struct Metadata {
-    tenants: RwLock<HashMap<String, HashMap<String, MetricKind>>>,
+    tenants: RwLock<HashMap<String, HashMap<String, MetricKind, Hasher>, Hasher>>,
 }
 
 /// The family a series belongs to: histograms and summaries drop their suffix.

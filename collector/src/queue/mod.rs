@@ -178,7 +178,7 @@ impl QueueError {
     }
 
     /// A copy for each push of a failed group (`io::Error` is not `Clone`).
-    fn replicate(&self) -> Self {
+    pub(crate) fn replicate(&self) -> Self {
         match self {
             QueueError::Io { op, path, cause } => QueueError::Io {
                 op,

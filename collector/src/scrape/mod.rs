@@ -50,7 +50,7 @@ impl ScrapeSink for crate::route::Router {
         batch: &'a Batch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
-            self.route(tenant, batch, None)
+            self.route(tenant, batch, None, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

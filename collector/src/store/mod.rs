@@ -66,7 +66,6 @@ mod matcher;
 mod open_chunk;
 mod packed;
 mod postings;
-mod shapes;
 mod wal;
 
 pub use maintain::MaintenanceReport;
@@ -303,8 +302,8 @@ struct Inner {
     wal_bytes: Arc<AtomicU64>,
     wal_commits: Arc<AtomicU64>,
     replay: ReplayReport,
-    /// Each sender's last batch and its series' slots (see [`shapes`]).
-    shapes: shapes::Shapes,
+    /// Each sender's last batch and its series' slots (see [`crate::shapes`]).
+    shapes: crate::shapes::Shapes<Vec<Slot>>,
     /// See [`Store::settled_epoch`].
     settled_epoch: AtomicU64,
 }
@@ -392,7 +391,7 @@ impl Store {
                 wal_bytes,
                 wal_commits,
                 replay,
-                shapes: shapes::Shapes::default(),
+                shapes: crate::shapes::Shapes::default(),
                 settled_epoch: AtomicU64::new(0),
             }),
         };
@@ -481,7 +480,7 @@ impl Store {
             let head = self.read();
             for (i, view) in batch.iter().enumerate() {
                 let slot = match &known {
-                    Some(shape) => Some(shape.slots[i]),
+                    Some(shape) => Some(shape.work[i]),
                     None => {
                         let hash =
                             head.identity_hash(view.name(), with_tenant(view.labels(), tenant));
@@ -538,7 +537,7 @@ impl Store {
             }
         }
         if remember {
-            let shape = known.unwrap_or_else(|| shapes::Shape::of(batch, slots));
+            let shape = known.unwrap_or_else(|| crate::shapes::Shape::of(batch, slots));
             self.inner.shapes.put(tenant, sender, shape);
         }
         let records = match (series_out.is_empty(), samples_out.is_empty()) {

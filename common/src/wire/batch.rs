@@ -92,19 +92,7 @@ impl Batch {
 
     /// Checks every index, name, label and count: a batch that passes can be stored as is.
     pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
-        if self.series.len() > limits.max_series_per_batch {
-            return Err(ValidationError::TooManySeries {
-                count: self.series.len(),
-                max: limits.max_series_per_batch,
-            });
-        }
-        let samples = self.sample_count();
-        if samples > limits.max_samples_per_batch {
-            return Err(ValidationError::TooManySamples {
-                count: samples,
-                max: limits.max_samples_per_batch,
-            });
-        }
+        self.validate_counts(limits)?;
         let len = self.strings.len();
         let check = |index: u32| {
             if (index as usize) < len {
@@ -122,11 +110,39 @@ impl Batch {
         }
         for view in self.iter() {
             crate::model::validate::validate_series_parts(view.name(), view.labels(), limits)?;
-            if view.samples().is_empty() {
-                return Err(ValidationError::NoSamples {
-                    series: view.to_series().to_string(),
-                });
-            }
+        }
+        self.validate_samples_present()
+    }
+
+    /// [`Batch::validate`] for a batch whose strings and series' indices are those of a batch
+    /// that passed it under the same limits: only the counts and the samples are checked.
+    pub fn validate_known(&self, limits: &Limits) -> Result<(), ValidationError> {
+        self.validate_counts(limits)?;
+        self.validate_samples_present()
+    }
+
+    fn validate_counts(&self, limits: &Limits) -> Result<(), ValidationError> {
+        if self.series.len() > limits.max_series_per_batch {
+            return Err(ValidationError::TooManySeries {
+                count: self.series.len(),
+                max: limits.max_series_per_batch,
+            });
+        }
+        let samples = self.sample_count();
+        if samples > limits.max_samples_per_batch {
+            return Err(ValidationError::TooManySamples {
+                count: samples,
+                max: limits.max_samples_per_batch,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_samples_present(&self) -> Result<(), ValidationError> {
+        if let Some(view) = self.iter().find(|v| v.samples().is_empty()) {
+            return Err(ValidationError::NoSamples {
+                series: view.to_series().to_string(),
+            });
         }
         Ok(())
     }

@@ -111,22 +111,77 @@ const PREFIX: usize = 8;
 /// little-endian.
 const ENTRY_HEADER: usize = 16;
 
+/// A batch's series as remote write names them, encoded once per shape of an agent's batches
+/// (see [`crate::shapes`]) rather than for every batch: each series' labels, `__name__` among
+/// them, sorted by name, as the `TimeSeries.labels` fields, and its shard hash.
+#[derive(Debug, Default)]
+pub struct SeriesLabels {
+    bytes: Vec<u8>,
+    /// Per series: shard hash and where its fields end in `bytes`.
+    series: Vec<(u64, usize)>,
+}
+
+impl SeriesLabels {
+    pub fn of(batch: &Batch) -> SeriesLabels {
+        let mut bytes = Vec::with_capacity(batch.series.len() * 128);
+        let mut series = Vec::with_capacity(batch.series.len());
+        for view in batch.iter() {
+            for (n, v) in sorted_labels(&view) {
+                bytes.push(0x0a);
+                put_varint(&mut bytes, label_len(n, v) as u64);
+                bytes.push(0x0a);
+                put_varint(&mut bytes, n.len() as u64);
+                bytes.extend_from_slice(n.as_bytes());
+                bytes.push(0x12);
+                put_varint(&mut bytes, v.len() as u64);
+                bytes.extend_from_slice(v.as_bytes());
+            }
+            series.push((series_hash(&view), bytes.len()));
+        }
+        SeriesLabels { bytes, series }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.series.capacity() * 16
+    }
+
+    /// Series `i`'s hash and label fields.
+    fn get(&self, i: usize) -> Option<(u64, &[u8])> {
+        let &(hash, end) = self.series.get(i)?;
+        let start = i
+            .checked_sub(1)
+            .and_then(|p| self.series.get(p))
+            .map_or(0, |&(_, e)| e);
+        Some((hash, self.bytes.get(start..end)?))
+    }
+}
+
 /// Encodes `batch`'s series (those with samples) for remote write ahead of sending: the
 /// batch's sample count ([`prepared_samples`]), then each series as pieces of at most `max_samples` samples, each piece an entry
 /// `[hash][samples][length][the WriteRequest.timeseries field]` where `hash` picks the shard.
 /// The fields of any prepared batches, concatenated in order, are a valid `WriteRequest`
 /// body: the bytes prost would encode, without a `String` per label.
 pub(crate) fn prepare(batch: &Batch, max_samples: usize) -> Vec<u8> {
+    prepare_with(batch, max_samples, &SeriesLabels::of(batch))
+}
+
+/// [`prepare`] with the batch's labels already encoded (`labels` must be of a batch with the
+/// same series, in the same order; a series it lacks is left out).
+pub(crate) fn prepare_with(batch: &Batch, max_samples: usize, labels: &SeriesLabels) -> Vec<u8> {
     let max = max_samples.max(1);
     let samples = batch.sample_count();
-    let mut out = Vec::with_capacity(PREFIX + batch.series.len() * 256 + samples * 24);
+    let mut out =
+        Vec::with_capacity(PREFIX + labels.bytes.len() + batch.series.len() * 40 + samples * 24);
     out.extend_from_slice(&(samples as u64).to_le_bytes());
-    for view in batch.iter() {
-        let hash = series_hash(&view);
-        for piece in view.samples().chunks(max) {
+    for (i, entry) in batch.series.iter().enumerate() {
+        let Some((hash, fields)) = labels.get(i) else {
+            break;
+        };
+        for piece in entry.samples.chunks(max) {
             let header = out.len();
             out.extend_from_slice(&[0; ENTRY_HEADER]);
-            write_timeseries(&mut out, &view, piece);
+            write_timeseries(&mut out, fields, piece);
             let field = (out.len() - header - ENTRY_HEADER) as u32;
             out[header..header + 8].copy_from_slice(&hash.to_le_bytes());
             out[header + 8..header + 12].copy_from_slice(&(piece.len() as u32).to_le_bytes());
@@ -260,28 +315,13 @@ fn sorted_labels<'a>(view: &SeriesView<'a>) -> impl Iterator<Item = (&'a str, &'
     })
 }
 
-/// Appends one `WriteRequest.timeseries` field (tag 1) holding `view`'s labels and `samples`.
-fn write_timeseries(
-    buf: &mut Vec<u8>,
-    view: &SeriesView<'_>,
-    samples: &[sonde_common::model::Sample],
-) {
-    let labels_len: usize = sorted_labels(view)
-        .map(|(n, v)| field_len(label_len(n, v)))
-        .sum();
+/// Appends one `WriteRequest.timeseries` field (tag 1) holding `labels` (encoded label
+/// fields) and `samples`.
+fn write_timeseries(buf: &mut Vec<u8>, labels: &[u8], samples: &[sonde_common::model::Sample]) {
     let samples_len: usize = samples.iter().map(|s| field_len(sample_len(s))).sum();
     buf.push(0x0a);
-    put_varint(buf, (labels_len + samples_len) as u64);
-    for (n, v) in sorted_labels(view) {
-        buf.push(0x0a);
-        put_varint(buf, label_len(n, v) as u64);
-        buf.push(0x0a);
-        put_varint(buf, n.len() as u64);
-        buf.extend_from_slice(n.as_bytes());
-        buf.push(0x12);
-        put_varint(buf, v.len() as u64);
-        buf.extend_from_slice(v.as_bytes());
-    }
+    put_varint(buf, (labels.len() + samples_len) as u64);
+    buf.extend_from_slice(labels);
     for s in samples {
         buf.push(0x12);
         put_varint(buf, sample_len(s) as u64);
@@ -381,6 +421,32 @@ mod tests {
         let mut shards = vec![Vec::new(); 3];
         split(&b, &mut shards);
         assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn labels_encoded_for_one_batch_serve_the_next_of_the_same_shape() {
+        let first = batch(&[
+            ("a", &[("job", "x"), ("zone", "1")], 3),
+            ("b", &[("Area", "up"), ("b", "y")], 7),
+            ("c", &[], 1),
+        ]);
+        let labels = SeriesLabels::of(&first);
+        let mut next = first.clone();
+        for (i, s) in next.series.iter_mut().enumerate() {
+            for (k, sample) in s.samples.iter_mut().enumerate() {
+                sample.value = (i * 100 + k) as f64 + 0.5;
+                sample.timestamp_ms += 60_000;
+            }
+        }
+        next.series[1].samples.truncate(2);
+        for max in [1, 2, 1000] {
+            assert_eq!(
+                prepare_with(&next, max, &labels),
+                prepare(&next, max),
+                "max {max}"
+            );
+        }
+        assert!(labels.heap_bytes() > 0);
     }
 
     #[test]

@@ -2,16 +2,22 @@
 //! receiver (VictoriaMetrics, Mimir, Cortex, Thanos Receive, Prometheus itself).
 //!
 //! # Path
-//! [`RemoteWriteSink::enqueue`] encodes the batch (native wire format, zstd, with its tenant:
-//! [`record`]) into the sink's own [`DiskQueue`] and returns once it is durable there: that is
-//! what the collector's 200 means. The sending side ([`RemoteWriteSink::start`], [`send`])
-//! reads records in order, turns them into `WriteRequest`s ([`convert`]), and POSTs them with
-//! `Content-Encoding: snappy`, `Content-Type: application/x-protobuf`,
-//! `X-Prometheus-Remote-Write-Version: 0.1.0` and, for a record with a tenant,
-//! `X-Scope-OrgID`.
+//! [`RemoteWriteSink::enqueue`] encodes the batch for sending ([`convert::prepare`], with the
+//! series' labels encoded once per shape of a sender's batches when the route passes them:
+//! [`SeriesLabels`]) and as a queue record (native wire format, zstd, with its tenant:
+//! [`record`]). While the storage keeps up, the [`direct`] path forwards it before answering:
+//! batches arriving within `direct.wait` of each other share a request, and the push returns
+//! once the storage acknowledged it; the disk queue is not touched. When the storage fails or
+//! is slow, batches go to the sink's own [`DiskQueue`] until it has drained, and `enqueue`
+//! returns once the batch is durable there. Either is what the collector's 200 means. The
+//! queue's sending side ([`RemoteWriteSink::start`], [`send`]) reads records in order and
+//! POSTs them. Requests carry `Content-Encoding: snappy`, `Content-Type:
+//! application/x-protobuf`, `X-Prometheus-Remote-Write-Version: 0.1.0` and, for a batch with a
+//! tenant, `X-Scope-OrgID`.
 //!
 //! # Ordering, sharding and acknowledgement
-//! The sender takes a *unit*: consecutive records of one tenant, up to
+//! The direct path and the queue take turns (see [`direct`] for the hand-overs), so a series'
+//! samples reach the storage in order across them. The queue's sender takes a *unit*: consecutive records of one tenant, up to
 //! `max_samples_per_send x shards` samples (at least one record), waiting up to
 //! `flush_interval` after the unit's first record for more (unless draining), so that agents'
 //! small batches leave in few large requests: most of a request's cost is per request. Each
@@ -44,11 +50,16 @@
 //! and per-sink labels on the self-metrics.
 
 mod convert;
+mod direct;
 mod record;
 mod send;
 mod stats;
 
+pub use convert::SeriesLabels;
+pub use direct::DirectConfig;
 pub use stats::SinkStats;
+
+use direct::{Direct, Item, Submitted};
 
 use bytes::Bytes;
 use hyper::Uri;
@@ -88,6 +99,9 @@ pub struct RemoteWriteConfig {
     pub max_backoff: Duration,
     /// How long `start`'s task keeps sending after shutdown (default 10 s).
     pub drain_timeout: Duration,
+    /// Forward batches before answering their pushes while the storage keeps up, and queue
+    /// them only when it does not ([`direct`]; the default). `None` queues every batch.
+    pub direct: Option<DirectConfig>,
 }
 
 impl RemoteWriteConfig {
@@ -102,6 +116,7 @@ impl RemoteWriteConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            direct: Some(DirectConfig::default()),
         }
     }
 }
@@ -147,6 +162,7 @@ pub struct RemoteWriteSink {
 struct Inner {
     cfg: RemoteWriteConfig,
     queue: DiskQueue,
+    direct: Option<Direct>,
     stats: SinkStats,
     client: HttpClient,
     user_agent: String,
@@ -183,6 +199,7 @@ impl RemoteWriteSink {
             .build(connector);
         let sink = RemoteWriteSink {
             inner: Arc::new(Inner {
+                direct: cfg.direct.map(Direct::new),
                 cfg,
                 queue,
                 stats: SinkStats::default(),
@@ -193,8 +210,9 @@ impl RemoteWriteSink {
         Ok((sink, report))
     }
 
-    /// Stores a validated batch for sending, for `tenant` (sent as `X-Scope-OrgID`). Returns
-    /// once it is durable in the queue; [`SinkError::is_full`] says to answer 429/503.
+    /// Takes a validated batch for sending, for `tenant` (sent as `X-Scope-OrgID`). Returns
+    /// once the storage has it (the direct path) or it is durable in the queue;
+    /// [`SinkError::is_full`] says to answer 429/503.
     pub async fn enqueue(&self, batch: &Batch, tenant: Option<&str>) -> Result<(), SinkError> {
         self.enqueue_with(batch, None, tenant).await
     }
@@ -207,8 +225,20 @@ impl RemoteWriteSink {
         envelope: Option<&[u8]>,
         tenant: Option<&str>,
     ) -> Result<(), SinkError> {
+        self.enqueue_prepared(batch, envelope, tenant, None).await
+    }
+
+    /// [`RemoteWriteSink::enqueue_with`] with the batch's series already encoded (`labels`, of
+    /// a batch with the same series in the same order).
+    pub async fn enqueue_prepared(
+        &self,
+        batch: &Batch,
+        envelope: Option<&[u8]>,
+        tenant: Option<&str>,
+        labels: Option<&SeriesLabels>,
+    ) -> Result<(), SinkError> {
         let stats = &self.inner.stats;
-        let bytes = match tenant
+        let record = match tenant
             .map_or(Ok(()), record::validate_tenant)
             .and_then(|()| match envelope {
                 Some(e) => record::encode_envelope(e, tenant),
@@ -220,23 +250,56 @@ impl RemoteWriteSink {
                 return Err(e);
             }
         };
-        // Prepared for sending now, while the batch is decoded: the sender takes it along
-        // with the record when it comes straight from memory, instead of decoding it again.
-        let prepared = Bytes::from(convert::prepare(batch, self.inner.cfg.max_samples_per_send));
-        match self.inner.queue.push_with(&[(bytes, Some(prepared))]).await {
+        // Prepared for sending now, while the batch is decoded: the direct path sends it, and
+        // the queue's sender takes it along with the record when it comes straight from
+        // memory, instead of decoding it again.
+        let max = self.inner.cfg.max_samples_per_send;
+        let prepared = Bytes::from(match labels {
+            Some(labels) => convert::prepare_with(batch, max, labels),
+            None => convert::prepare(batch, max),
+        });
+        let item = Item {
+            tenant: tenant.map(Arc::from),
+            record,
+            prepared,
+            samples: batch.sample_count(),
+        };
+        let Some(direct) = &self.inner.direct else {
+            return self.push_to_queue(item).await;
+        };
+        match direct.submit(item).await {
+            Submitted::Pending(verdict) => verdict
+                .await
+                .unwrap_or(Err(SinkError::Queue(QueueError::Closed))),
+            Submitted::Queue(item) => {
+                // Counted out however the push ends, even if this future is dropped.
+                struct Done<'a>(&'a Direct, &'a Inner);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.queue_push_done(self.1);
+                    }
+                }
+                let _done = Done(direct, &self.inner);
+                self.push_to_queue(item).await
+            }
+        }
+    }
+
+    async fn push_to_queue(&self, item: Item) -> Result<(), SinkError> {
+        let stats = &self.inner.stats;
+        match self
+            .inner
+            .queue
+            .push_with(&[(item.record, Some(item.prepared))])
+            .await
+        {
             Ok(()) => {
                 stats.batches_enqueued.inc();
-                stats.samples_enqueued.add(batch.sample_count() as u64);
+                stats.samples_enqueued.add(item.samples as u64);
                 Ok(())
             }
             Err(e) => {
-                let reason = match &e {
-                    QueueError::Full { .. } => "full",
-                    QueueError::TooLarge { .. } => "too_large",
-                    QueueError::Closed => "closed",
-                    _ => "error",
-                };
-                stats.enqueue_refused.add(reason, 1);
+                stats.enqueue_refused.add(refusal_reason(&e), 1);
                 Err(e.into())
             }
         }
@@ -256,8 +319,23 @@ impl RemoteWriteSink {
                     hard_stop.cancel();
                 }
             });
-            let outcome = send::pump(&self, Some(&shutdown), &hard_stop).await;
+            // The queue's sender drains once the direct path has handed over to it.
+            let handed_over = CancellationToken::new();
+            let direct = tokio::spawn({
+                let (inner, handed_over) = (self.inner.clone(), handed_over.clone());
+                async move {
+                    match &inner.direct {
+                        Some(direct) => direct.run(&inner, &shutdown).await,
+                        None => shutdown.cancelled().await,
+                    }
+                    handed_over.cancel();
+                }
+            });
+            let outcome = send::pump(&self, Some(&handed_over), &hard_stop).await;
             timer.abort();
+            if let Err(e) = direct.await {
+                tracing::error!("the remote-write direct sender failed: {e}");
+            }
             self.log_drain(outcome);
             let queue = self.inner.queue.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || queue.close()).await {
@@ -311,5 +389,21 @@ impl RemoteWriteSink {
 
     pub fn url(&self) -> &Uri {
         &self.inner.cfg.url
+    }
+
+    /// True while batches are forwarded before their pushes are answered (the direct path),
+    /// false while they go through the disk queue.
+    pub fn is_direct(&self) -> bool {
+        self.inner.direct.as_ref().is_some_and(Direct::is_direct)
+    }
+}
+
+/// The `enqueue_refused` reason of a queue error.
+fn refusal_reason(e: &QueueError) -> &'static str {
+    match e {
+        QueueError::Full { .. } => "full",
+        QueueError::TooLarge { .. } => "too_large",
+        QueueError::Closed => "closed",
+        _ => "error",
     }
 }

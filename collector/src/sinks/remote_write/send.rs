@@ -55,7 +55,7 @@ impl Unit {
 
 /// What one attempt came to.
 #[derive(Debug)]
-enum Attempt {
+pub(super) enum Attempt {
     Delivered,
     Retry {
         outcome: &'static str,
@@ -89,6 +89,10 @@ pub(super) async fn pump(
         let first = match carry.take() {
             Some(d) => d,
             None => {
+                // Everything handed out so far is acked: the direct path may take over.
+                if let Some(direct) = &inner.direct {
+                    direct.resume_if_idle(inner);
+                }
                 let waiting = until.filter(|t| !t.is_cancelled());
                 let record = match waiting {
                     Some(token) => tokio::select! {
@@ -293,7 +297,7 @@ async fn send_shard(
     true
 }
 
-async fn attempt(inner: &Inner, body: Bytes, tenant: Option<&str>) -> Attempt {
+pub(super) async fn attempt(inner: &Inner, body: Bytes, tenant: Option<&str>) -> Attempt {
     let timeout = inner.cfg.timeout;
     let mut req = Request::post(inner.cfg.url.clone())
         .header(CONTENT_TYPE, remote_write::CONTENT_TYPE)

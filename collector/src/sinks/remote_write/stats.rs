@@ -15,6 +15,11 @@ pub struct SinkStats {
     /// Batches and samples stored in the queue.
     pub batches_enqueued: Counter,
     pub samples_enqueued: Counter,
+    /// Batches and samples the direct path delivered before their pushes were answered.
+    pub batches_forwarded: Counter,
+    pub samples_forwarded: Counter,
+    /// Times the direct path fell back to the disk queue.
+    pub spills: Counter,
     /// Batches `enqueue` refused, by reason (`full`, `too_large`, `closed`, `error`).
     pub enqueue_refused: LabeledCounter,
     /// Samples the remote storage acknowledged.
@@ -41,6 +46,9 @@ impl Default for SinkStats {
         Self {
             batches_enqueued: Counter::default(),
             samples_enqueued: Counter::default(),
+            batches_forwarded: Counter::default(),
+            samples_forwarded: Counter::default(),
+            spills: Counter::default(),
             enqueue_refused: LabeledCounter::new("reason"),
             samples_sent: Counter::default(),
             bytes_sent: Counter::default(),
@@ -85,7 +93,7 @@ impl SinkStats {
     /// metric, one sample per sink told apart by its `url` label.
     pub fn render_all(e: &mut TextEncoder, sinks: &[(&str, &SinkStats, &QueueStats)]) {
         type Samples = fn(&mut TextEncoder, &str, &SinkStats, &QueueStats);
-        let families: [(&str, &str, &str, Samples); 14] = [
+        let families: [(&str, &str, &str, Samples); 17] = [
             (
                 "batches_enqueued_total",
                 "Batches stored in the remote-write queue.",
@@ -97,6 +105,24 @@ impl SinkStats {
                 "Samples stored in the remote-write queue.",
                 "counter",
                 |e, n, s, _| e.counter_samples(n, &s.samples_enqueued),
+            ),
+            (
+                "batches_forwarded_total",
+                "Batches delivered by the direct path before their pushes were answered.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.batches_forwarded),
+            ),
+            (
+                "samples_forwarded_total",
+                "Samples delivered by the direct path before their pushes were answered.",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.samples_forwarded),
+            ),
+            (
+                "spills_total",
+                "Times the direct path fell back to the disk queue (the storage failed or was slow).",
+                "counter",
+                |e, n, s, _| e.counter_samples(n, &s.spills),
             ),
             (
                 "enqueue_refused_total",
