@@ -33,6 +33,12 @@ impl RouteError {
 pub trait SampleTap: Send + Sync {
     /// Looks at `batch` of `tenant`; must return at once.
     fn offer(&self, tenant: &str, batch: &Batch);
+
+    /// False for a tap that learns only from series' names and kinds: it is not offered a
+    /// sender's batch whose shape it has seen (see [`SeriesWork`]).
+    fn wants_known_shapes(&self) -> bool {
+        true
+    }
 }
 
 /// Work done once per shape of a sender's batches (see [`crate::shapes`]) and kept with it:
@@ -41,6 +47,8 @@ pub trait SampleTap: Send + Sync {
 #[derive(Debug, Default)]
 pub struct SeriesWork {
     pub(crate) remote_write: Option<SeriesLabels>,
+    /// The taps were offered a batch of this shape.
+    offered: bool,
 }
 
 impl ShapeWork for SeriesWork {
@@ -83,7 +91,7 @@ impl Router {
         &self,
         tenant: &str,
         batch: &Batch,
-        envelope: Option<&[u8]>,
+        envelope: Option<&bytes::Bytes>,
         mut work: Option<&mut SeriesWork>,
     ) -> Result<AppendStats, RouteError> {
         let tenant_opt = (!tenant.is_empty()).then_some(tenant);
@@ -111,8 +119,14 @@ impl Router {
                 ..AppendStats::default()
             },
         };
+        let seen = work.as_ref().is_some_and(|w| w.offered);
         for tap in &self.taps {
-            tap.offer(tenant, batch);
+            if !seen || tap.wants_known_shapes() {
+                tap.offer(tenant, batch);
+            }
+        }
+        if let Some(w) = work {
+            w.offered = true;
         }
         Ok(stats)
     }
@@ -128,5 +142,62 @@ impl Router {
             .iter()
             .map(RemoteWriteSink::queue_fill)
             .fold(store, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_common::model::{MetricKind, Sample, Series};
+    use sonde_common::wire::{BatchBuilder, BatchHeader};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting {
+        seen: AtomicUsize,
+        known_too: bool,
+    }
+
+    impl SampleTap for Counting {
+        fn offer(&self, _tenant: &str, _batch: &Batch) {
+            self.seen.fetch_add(1, Ordering::Relaxed);
+        }
+        fn wants_known_shapes(&self) -> bool {
+            self.known_too
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tap_of_names_and_kinds_sees_each_shape_once_the_others_every_batch() {
+        let every = Arc::new(Counting {
+            seen: AtomicUsize::new(0),
+            known_too: true,
+        });
+        let shapes_only = Arc::new(Counting {
+            seen: AtomicUsize::new(0),
+            known_too: false,
+        });
+        let router = Router::new(None, Vec::new())
+            .with_tap(every.clone())
+            .with_tap(shapes_only.clone());
+        let mut b = BatchBuilder::new(BatchHeader::default());
+        b.push(
+            &Series::new("up", [("job", "a")]),
+            MetricKind::Gauge,
+            None,
+            vec![Sample::new(1, 1.0)],
+        );
+        let batch = b.build();
+        let mut work = SeriesWork::default();
+        for _ in 0..3 {
+            router
+                .route("", &batch, None, Some(&mut work))
+                .await
+                .unwrap();
+        }
+        // Without a remembered shape (remote write, or no sender id), every batch is offered.
+        router.route("", &batch, None, None).await.unwrap();
+        assert_eq!(every.seen.load(Ordering::Relaxed), 4);
+        assert_eq!(shapes_only.seen.load(Ordering::Relaxed), 2);
     }
 }

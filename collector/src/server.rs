@@ -865,7 +865,7 @@ async fn ingest(
     }
     let mut shape = remember
         .then(|| known.unwrap_or_else(|| crate::shapes::Shape::of(&batch, Default::default())));
-    let envelope = (protocol == Protocol::Native).then_some(&bytes[..]);
+    let envelope = (protocol == Protocol::Native).then_some(&bytes);
     let routed = state
         .router
         .route(

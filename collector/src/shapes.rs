@@ -35,7 +35,7 @@ impl ShapeWork for Vec<u32> {
 #[derive(Debug)]
 pub(crate) struct Shape<W> {
     strings: Vec<String>,
-    /// Per series: name, label count, then label name and value indices.
+    /// Per series: name, kind, label count, then label name and value indices.
     ids: Vec<u32>,
     series: usize,
     pub(crate) work: W,
@@ -47,6 +47,7 @@ impl<W: ShapeWork> Shape<W> {
         let mut ids = Vec::with_capacity(batch.series.len() * 8);
         for s in &batch.series {
             ids.push(s.name);
+            ids.push(s.kind as u32);
             ids.push(s.labels.len() as u32);
             for &(n, v) in &s.labels {
                 ids.push(n);
@@ -61,17 +62,17 @@ impl<W: ShapeWork> Shape<W> {
         }
     }
 
-    /// Whether `batch` names the same series in the same order.
+    /// Whether `batch` names the same series, of the same kinds, in the same order.
     pub(crate) fn matches(&self, batch: &Batch) -> bool {
         if batch.series.len() != self.series || batch.strings != self.strings {
             return false;
         }
         let mut ids = self.ids.as_slice();
         for s in &batch.series {
-            let [name, count, rest @ ..] = ids else {
+            let [name, kind, count, rest @ ..] = ids else {
                 return false;
             };
-            if *name != s.name || *count as usize != s.labels.len() {
+            if *name != s.name || *kind != s.kind as u32 || *count as usize != s.labels.len() {
                 return false;
             }
             let Some((labels, rest)) = rest.split_at_checked(2 * s.labels.len()) else {
@@ -240,6 +241,10 @@ mod tests {
         let mut again = b.clone();
         again.series[0].samples[0].value = 5.0;
         assert!(shape.matches(&again));
+        // Another kind: the metadata of its family changed.
+        let mut retyped = b.clone();
+        retyped.series[1].kind = MetricKind::Counter;
+        assert!(!shape.matches(&retyped));
         // Another order, another label, a string changed, a series more or less: no match.
         assert!(!shape.matches(&batch(&[(0, &[(1, 3)]), (0, &[(1, 2)])], &strings)));
         assert!(!shape.matches(&batch(&[(0, &[(1, 2)]), (0, &[(1, 2)])], &strings)));

@@ -38,6 +38,11 @@ fn family(name: &str, kind: MetricKind) -> &str {
 }
 
 impl SampleTap for Metadata {
+    /// Names and kinds are all it learns, and a known shape has the same ones.
+    fn wants_known_shapes(&self) -> bool {
+        false
+    }
+
     fn offer(&self, tenant: &str, batch: &Batch) {
         let mut new: Vec<(String, MetricKind)> = Vec::new();
         if let Ok(all) = self.tenants.read() {

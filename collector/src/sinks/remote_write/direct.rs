@@ -72,12 +72,33 @@ enum Mode {
 
 /// A batch as the sink holds it.
 pub(super) struct Item {
+    /// Validated ([`super::record::validate_tenant`]).
     pub(super) tenant: Option<Arc<str>>,
-    /// The queue record (pushed only if its group spills, on the direct path).
-    pub(super) record: Bytes,
+    /// What its queue record is made of, if it goes to the queue.
+    pub(super) source: RecordSource,
     /// Its series encoded for remote write ([`convert::prepare`]).
     pub(super) prepared: Bytes,
     pub(super) samples: usize,
+}
+
+/// What a batch's queue record is made of.
+pub(super) enum RecordSource {
+    /// The native envelope as received: the record is made of it when needed.
+    Envelope(Bytes),
+    /// The record itself (a batch that came in another form, encoded at enqueue).
+    Record(Bytes),
+}
+
+impl Item {
+    /// The batch's queue record.
+    pub(super) fn record(&self) -> Bytes {
+        match &self.source {
+            RecordSource::Envelope(envelope) => {
+                super::record::record_of(envelope, self.tenant.as_deref())
+            }
+            RecordSource::Record(record) => record.clone(),
+        }
+    }
 }
 
 /// A batch waiting for its group, and where its verdict goes.
@@ -285,7 +306,7 @@ impl Direct {
         let samples: usize = group.iter().map(|p| p.item.samples).sum();
         let records: Vec<(Bytes, Option<Bytes>)> = group
             .iter()
-            .map(|p| (p.item.record.clone(), Some(p.item.prepared.clone())))
+            .map(|p| (p.item.record(), Some(p.item.prepared.clone())))
             .collect();
         let result = inner.queue.push_with(&records).await;
         inner.stats.spills.inc();

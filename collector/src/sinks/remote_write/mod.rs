@@ -59,7 +59,7 @@ pub use convert::SeriesLabels;
 pub use direct::DirectConfig;
 pub use stats::SinkStats;
 
-use direct::{Direct, Item, Submitted};
+use direct::{Direct, Item, RecordSource, Submitted};
 
 use bytes::Bytes;
 use hyper::Uri;
@@ -225,7 +225,9 @@ impl RemoteWriteSink {
         envelope: Option<&[u8]>,
         tenant: Option<&str>,
     ) -> Result<(), SinkError> {
-        self.enqueue_prepared(batch, envelope, tenant, None).await
+        let envelope = envelope.map(Bytes::copy_from_slice);
+        self.enqueue_prepared(batch, envelope.as_ref(), tenant, None)
+            .await
     }
 
     /// [`RemoteWriteSink::enqueue_with`] with the batch's series already encoded (`labels`, of
@@ -233,18 +235,23 @@ impl RemoteWriteSink {
     pub async fn enqueue_prepared(
         &self,
         batch: &Batch,
-        envelope: Option<&[u8]>,
+        envelope: Option<&Bytes>,
         tenant: Option<&str>,
         labels: Option<&SeriesLabels>,
     ) -> Result<(), SinkError> {
         let stats = &self.inner.stats;
-        let record = match tenant
+        // The queue record: the envelope as received, made into a record only if the batch
+        // goes to the queue; a batch that came in another form is encoded now, while it is at
+        // hand.
+        let source = match tenant
             .map_or(Ok(()), record::validate_tenant)
-            .and_then(|()| match envelope {
-                Some(e) => record::encode_envelope(e, tenant),
-                None => record::encode(batch, tenant),
+            .and_then(|()| {
+                Ok(match envelope {
+                    Some(e) => RecordSource::Envelope(e.clone()),
+                    None => RecordSource::Record(record::encode(batch, tenant)?),
+                })
             }) {
-            Ok(b) => b,
+            Ok(s) => s,
             Err(e) => {
                 stats.enqueue_refused.add("error", 1);
                 return Err(e);
@@ -260,7 +267,7 @@ impl RemoteWriteSink {
         });
         let item = Item {
             tenant: tenant.map(Arc::from),
-            record,
+            source,
             prepared,
             samples: batch.sample_count(),
         };
@@ -290,7 +297,7 @@ impl RemoteWriteSink {
         match self
             .inner
             .queue
-            .push_with(&[(item.record, Some(item.prepared))])
+            .push_with(&[(item.record(), Some(item.prepared))])
             .await
         {
             Ok(()) => {

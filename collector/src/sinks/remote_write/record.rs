@@ -62,17 +62,27 @@ pub(crate) fn encode(batch: &Batch, tenant: Option<&str>) -> Result<Bytes, SinkE
 /// A queue record around an envelope that is already encoded (a native push's body, validated:
 /// storing it as is saves re-encoding every batch).
 pub(crate) fn encode_envelope(envelope: &[u8], tenant: Option<&str>) -> Result<Bytes, SinkError> {
+    let t = tenant.unwrap_or_default();
+    if t.len() > MAX_TENANT_LEN {
+        return Err(SinkError::BadTenant {
+            tenant: t.chars().take(64).collect(),
+            reason: "longer than 150 characters",
+        });
+    }
+    Ok(record_of(envelope, tenant))
+}
+
+/// [`encode_envelope`] for a tenant already validated ([`validate_tenant`]: at most
+/// [`MAX_TENANT_LEN`] bytes).
+pub(crate) fn record_of(envelope: &[u8], tenant: Option<&str>) -> Bytes {
     let tenant = tenant.unwrap_or_default().as_bytes();
-    let tenant_len = u8::try_from(tenant.len()).map_err(|_| SinkError::BadTenant {
-        tenant: String::from_utf8_lossy(tenant.get(..64).unwrap_or(tenant)).into_owned(),
-        reason: "longer than 150 characters",
-    })?;
+    let tenant = &tenant[..tenant.len().min(MAX_TENANT_LEN)];
     let mut out = Vec::with_capacity(2 + tenant.len() + envelope.len());
     out.push(VERSION);
-    out.push(tenant_len);
+    out.push(tenant.len() as u8);
     out.extend_from_slice(tenant);
     out.extend_from_slice(envelope);
-    Ok(Bytes::from(out))
+    Bytes::from(out)
 }
 
 /// Decodes a queue record. The queue checksummed it, and so does the envelope; limits are
