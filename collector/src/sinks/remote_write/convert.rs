@@ -104,11 +104,12 @@ pub(crate) fn chunk(series: Vec<TimeSeries>, max_samples: usize) -> Vec<WriteReq
     out
 }
 
-/// Bytes before a prepared batch's entries: its sample count (u64, little-endian).
-const PREFIX: usize = 8;
-
-/// Bytes of a prepared entry's header: shard hash (u64), samples (u32), field length (u32),
+/// Bytes before a prepared batch's index: its sample count (u64) and entry count (u32),
 /// little-endian.
+const PREFIX: usize = 12;
+
+/// Bytes of a prepared entry's index record: shard hash (u64), samples (u32), field length
+/// (u32), little-endian.
 const ENTRY_HEADER: usize = 16;
 
 /// A batch's series as remote write names them, encoded once per shape of an agent's batches
@@ -157,11 +158,12 @@ impl SeriesLabels {
     }
 }
 
-/// Encodes `batch`'s series (those with samples) for remote write ahead of sending: the
-/// batch's sample count ([`prepared_samples`]), then each series as pieces of at most `max_samples` samples, each piece an entry
-/// `[hash][samples][length][the WriteRequest.timeseries field]` where `hash` picks the shard.
-/// The fields of any prepared batches, concatenated in order, are a valid `WriteRequest`
-/// body: the bytes prost would encode, without a `String` per label.
+/// Encodes `batch`'s series (those with samples) for remote write ahead of sending. Each
+/// series becomes pieces of at most `max_samples` samples, each piece a `WriteRequest.timeseries`
+/// field; the fields follow one another, so a prepared batch's fields ([`fields`]) are a valid
+/// `WriteRequest` body, and so are those of several prepared batches concatenated: the bytes
+/// prost would encode, without a `String` per label. Before them, the batch's sample count
+/// ([`prepared_samples`]) and an index of the pieces (shard hash, samples, length: [`entries`]).
 pub(crate) fn prepare(batch: &Batch, max_samples: usize) -> Vec<u8> {
     prepare_with(batch, max_samples, &SeriesLabels::of(batch))
 }
@@ -170,22 +172,30 @@ pub(crate) fn prepare(batch: &Batch, max_samples: usize) -> Vec<u8> {
 /// same series, in the same order; a series it lacks is left out).
 pub(crate) fn prepare_with(batch: &Batch, max_samples: usize, labels: &SeriesLabels) -> Vec<u8> {
     let max = max_samples.max(1);
+    let series = batch.series.len().min(labels.series.len());
+    let entries: usize = batch.series[..series]
+        .iter()
+        .map(|s| s.samples.len().div_ceil(max))
+        .sum();
     let samples = batch.sample_count();
-    let mut out =
-        Vec::with_capacity(PREFIX + labels.bytes.len() + batch.series.len() * 40 + samples * 24);
+    let index = PREFIX + entries * ENTRY_HEADER;
+    let mut out = Vec::with_capacity(index + labels.bytes.len() + series * 8 + samples * 24);
     out.extend_from_slice(&(samples as u64).to_le_bytes());
-    for (i, entry) in batch.series.iter().enumerate() {
+    out.extend_from_slice(&(entries as u32).to_le_bytes());
+    out.resize(index, 0);
+    let mut at = PREFIX;
+    for (i, entry) in batch.series[..series].iter().enumerate() {
         let Some((hash, fields)) = labels.get(i) else {
             break;
         };
         for piece in entry.samples.chunks(max) {
-            let header = out.len();
-            out.extend_from_slice(&[0; ENTRY_HEADER]);
+            let start = out.len();
             write_timeseries(&mut out, fields, piece);
-            let field = (out.len() - header - ENTRY_HEADER) as u32;
-            out[header..header + 8].copy_from_slice(&hash.to_le_bytes());
-            out[header + 8..header + 12].copy_from_slice(&(piece.len() as u32).to_le_bytes());
-            out[header + 12..header + 16].copy_from_slice(&field.to_le_bytes());
+            let field = (out.len() - start) as u32;
+            out[at..at + 8].copy_from_slice(&hash.to_le_bytes());
+            out[at + 8..at + 12].copy_from_slice(&(piece.len() as u32).to_le_bytes());
+            out[at + 12..at + 16].copy_from_slice(&field.to_le_bytes());
+            at += ENTRY_HEADER;
         }
     }
     out
@@ -200,18 +210,36 @@ pub(crate) struct Entry<'a> {
     pub(crate) field: &'a [u8],
 }
 
+/// A prepared batch's index and fields (empty for a malformed one, which `prepare` never
+/// writes).
+fn split_prepared(prepared: &[u8]) -> (&[u8], &[u8]) {
+    let count = prepared
+        .get(8..PREFIX)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes) as usize;
+    let index_end = PREFIX.saturating_add(count.saturating_mul(ENTRY_HEADER));
+    match (prepared.get(PREFIX..index_end), prepared.get(index_end..)) {
+        (Some(index), Some(fields)) => (index, fields),
+        _ => (&[], &[]),
+    }
+}
+
+/// The fields of a prepared batch: a `WriteRequest` body of all its series.
+pub(crate) fn fields(prepared: &[u8]) -> &[u8] {
+    split_prepared(prepared).1
+}
+
 /// The entries of a prepared batch, in order (stopping at a malformed tail, which `prepare`
 /// never writes).
 pub(crate) fn entries(prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
-    let mut prepared = prepared.get(PREFIX..).unwrap_or_default();
-    std::iter::from_fn(move || {
-        let (header, rest) = prepared.split_at_checked(ENTRY_HEADER)?;
+    let (index, mut fields) = split_prepared(prepared);
+    index.chunks_exact(ENTRY_HEADER).map_while(move |header| {
         let word = |at: usize| {
             u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
         let hash = u64::from_le_bytes(header[..8].try_into().ok()?);
-        let (field, rest) = rest.split_at_checked(word(12) as usize)?;
-        prepared = rest;
+        let (field, rest) = fields.split_at_checked(word(12) as usize)?;
+        fields = rest;
         Some(Entry {
             hash,
             samples: word(8) as usize,
@@ -223,7 +251,7 @@ pub(crate) fn entries(prepared: &[u8]) -> impl Iterator<Item = Entry<'_>> {
 /// How many samples a prepared batch holds.
 pub(crate) fn prepared_samples(prepared: &[u8]) -> usize {
     prepared
-        .first_chunk::<PREFIX>()
+        .first_chunk::<8>()
         .map_or(0, |b| u64::from_le_bytes(*b) as usize)
 }
 
@@ -457,28 +485,24 @@ mod tests {
             ("c", &[], 1),
             ("d", &[("z", "\u{e9}t\u{e9}")], 4),
         ]);
+        // The same series as two batches of one unit: the first two, and the rest.
+        let (b1, b2) = (
+            batch(&[
+                ("a", &[("job", "x"), ("zone", "1")], 3),
+                ("b", &[("Area", "up"), ("b", "y")], 7),
+            ]),
+            batch(&[("c", &[], 1), ("d", &[("z", "\u{e9}t\u{e9}")], 4)]),
+        );
         for max in [1, 4, 5, 1000] {
-            // Prepared in two halves, as two batches of one unit would be.
-            let prepared = prepare(&b, max);
-            assert_eq!(prepared_samples(&prepared), b.sample_count());
-            // Two prepared batches: the first two entries, and the rest, each with its count.
-            let cut: usize = PREFIX
-                + entries(&prepared)
-                    .take(2)
-                    .map(|e| ENTRY_HEADER + e.field.len())
-                    .sum::<usize>();
-            let split = |body: &[u8]| {
-                let mut p = vec![0; PREFIX];
-                p.extend_from_slice(body);
-                let n: usize = entries(&p).map(|e| e.samples).sum();
-                p[..PREFIX].copy_from_slice(&(n as u64).to_le_bytes());
-                p
-            };
-            let (first, second) = (split(&prepared[PREFIX..cut]), split(&prepared[cut..]));
+            let whole = prepare(&b, max);
+            assert_eq!(prepared_samples(&whole), b.sample_count());
+            let (first, second) = (prepare(&b1, max), prepare(&b2, max));
             assert_eq!(
                 prepared_samples(&first) + prepared_samples(&second),
                 b.sample_count()
             );
+            // The fields of both, one after the other, are those of the whole batch.
+            assert_eq!([fields(&first), fields(&second)].concat(), fields(&whole));
             let (first, second) = (first.as_slice(), second.as_slice());
             let mut shards = assemble([first, second], 1, max);
             assert_eq!(shards.len(), 1);

@@ -6,9 +6,12 @@
 //! - `Direct`: [`Direct::submit`] adds the batch (prepared for sending at enqueue) to the
 //!   pending list and waits. The sender ([`Direct::run`]) waits `wait` after the first pending
 //!   batch for others to share its request (group commit, as the WAL does with its fsync), takes
-//!   up to `max_samples_per_send x shards` samples of them as a *group*, and sends it: one
+//!   up to `max_samples_per_send x shards` samples of them as a *group*, and sends it, one
+//!   attempt per request within `timeout`: a group of up to `max_samples_per_send` samples (per
+//!   tenant) as one request, whose body is the batches' prepared fields compressed part by
+//!   part ([`remote_write::compress_parts`]: no copy of them is joined), a larger one as a
 //!   request per `max_samples_per_send` samples, dealt to shards by series hash as the queue's
-//!   sender does, one attempt each within `timeout`. Once every request is answered 2xx (or
+//!   sender does. Once every request is answered 2xx (or
 //!   refused for good with a 4xx: dropped and counted, as the queue's sender does), each
 //!   batch's push gets its answer: the storage holds it. One group is in flight at a time; the
 //!   batches arriving meanwhile form the next one.
@@ -365,13 +368,24 @@ async fn send_group(inner: &Arc<Inner>, group: &[Pending], timeout: Duration) ->
             None => tenants.push((p.tenant.clone(), vec![&p.prepared], p.samples)),
         }
     }
-    // Per tenant and shard: its requests, (body, samples) each.
-    type Part = (Option<Arc<str>>, Vec<(Vec<u8>, usize)>);
+    // Per tenant and shard: its requests, (compressed body, samples) each.
+    type Part = (Option<Arc<str>>, Vec<(Bytes, usize)>);
     let mut parts: Vec<Part> = Vec::new();
     for (tenant, prepared, samples) in tenants {
+        if samples <= max {
+            // One request: the batches' fields as they are, compressed without joining them.
+            let fields: Vec<&[u8]> = prepared.iter().map(|p| convert::fields(p)).collect();
+            let body = Bytes::from(remote_write::compress_parts(&fields));
+            parts.push((tenant, vec![(body, samples)]));
+            continue;
+        }
         let shards = samples.div_ceil(max).clamp(1, inner.cfg.shards);
         for requests in convert::assemble(prepared, shards, max) {
             if !requests.is_empty() {
+                let requests = requests
+                    .into_iter()
+                    .map(|(raw, n)| (Bytes::from(remote_write::compress(&raw)), n))
+                    .collect();
                 parts.push((tenant.clone(), requests));
             }
         }
@@ -398,13 +412,11 @@ async fn send_group(inner: &Arc<Inner>, group: &[Pending], timeout: Duration) ->
 /// later (the group then spills).
 async fn send_requests(
     inner: &Inner,
-    requests: Vec<(Vec<u8>, usize)>,
+    requests: Vec<(Bytes, usize)>,
     tenant: Option<&str>,
     timeout: Duration,
 ) -> bool {
-    for (raw, samples) in requests {
-        let body = Bytes::from(remote_write::compress(&raw));
-        drop(raw);
+    for (body, samples) in requests {
         let started = Instant::now();
         let outcome =
             match tokio::time::timeout(timeout, attempt(inner, body.clone(), tenant)).await {
