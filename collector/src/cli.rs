@@ -92,7 +92,7 @@ pub struct Cli {
     /// push is answered, without touching the disk queue; batches arriving within this long
     /// of each other share one request. When the storage fails or is slow, batches go through
     /// the disk queue until it has drained. `off` queues every batch.
-    #[arg(long, env = "SONDE_REMOTE_WRITE_DIRECT", default_value = "5ms")]
+    #[arg(long, env = "SONDE_REMOTE_WRITE_DIRECT", default_value = "20ms")]
     pub remote_write_direct: String,
 
     /// How long a direct-path request may take before its batches fall back to the disk queue.

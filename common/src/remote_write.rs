@@ -67,37 +67,55 @@ pub fn compress(raw: &[u8]) -> Vec<u8> {
 /// valid block, because an element copies only from earlier output of its own part, which a
 /// decoder has written where the part's compressor put it.
 pub fn compress_parts(parts: &[&[u8]]) -> Vec<u8> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let room: usize = parts
-        .iter()
-        .map(|p| snap::raw::max_compress_len(p.len()))
-        .sum();
-    let mut out = Vec::with_capacity(10 + room);
-    put_varint(&mut out, total as u64);
-    let mut encoder = snap::raw::Encoder::new();
-    let mut scratch = Vec::new();
-    for part in parts.iter().filter(|p| !p.is_empty()) {
-        let need = snap::raw::max_compress_len(part.len());
-        if scratch.len() < need {
-            scratch.resize(need, 0);
-        }
-        // Compressing a slice in memory cannot fail except for inputs over 4 GiB.
-        let Ok(n) = encoder.compress(part, &mut scratch) else {
-            return compress(&parts.concat());
-        };
-        // Each part's own length header is dropped: the block has one for them all.
-        let header = varint_len(part.len() as u64);
-        out.extend_from_slice(&scratch[header..n]);
+    thread_local! {
+        // The encoder's hash table and the room each part is compressed into, kept per
+        // thread: a request's worth of them is allocated once, not for every request.
+        static SCRATCH: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
+            std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
     }
-    out
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    SCRATCH.with_borrow_mut(|(encoder, scratch)| {
+        let room: usize = parts
+            .iter()
+            .map(|p| snap::raw::max_compress_len(p.len()))
+            .sum::<usize>()
+            + 10;
+        if scratch.len() < room {
+            scratch.resize(room, 0);
+        }
+        let mut at = 0;
+        let mut header = [0u8; 10];
+        let n = put_varint_into(&mut header, total as u64);
+        scratch[..n].copy_from_slice(&header[..n]);
+        at += n;
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            // Compressing a slice in memory cannot fail except for inputs over 4 GiB.
+            let Ok(n) = encoder.compress(part, &mut scratch[at..]) else {
+                return compress(&parts.concat());
+            };
+            // Each part's own length header is dropped: the block has one for them all.
+            let own = varint_len(part.len() as u64);
+            scratch.copy_within(at + own..at + n, at);
+            at += n - own;
+        }
+        let out = scratch[..at].to_vec();
+        if scratch.len() > 16 << 20 {
+            // An unusually large request does not pin its room for good.
+            *scratch = Vec::new();
+        }
+        out
+    })
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+fn put_varint_into(buf: &mut [u8; 10], mut v: u64) -> usize {
+    let mut n = 0;
     while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
+        buf[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    buf.push(v as u8);
+    buf[n] = v as u8;
+    n + 1
 }
 
 fn varint_len(mut v: u64) -> usize {

@@ -49,7 +49,7 @@ use sonde_common::remote_write;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectConfig {
     /// How long the sender waits after a batch arrives for others to share its request
-    /// (default 5 ms). Adds up to that to a push's latency; under load it divides the
+    /// (default 20 ms). Adds up to that to a push's latency; under load it divides the
     /// requests, and their CPU on both sides, by the batches within it.
     pub wait: Duration,
     /// How long one request may take before its group falls back to the disk queue (default
@@ -60,7 +60,7 @@ pub struct DirectConfig {
 impl Default for DirectConfig {
     fn default() -> Self {
         Self {
-            wait: Duration::from_millis(5),
+            wait: Duration::from_millis(20),
             timeout: Duration::from_secs(2),
         }
     }
