@@ -45,12 +45,12 @@ pub type Body = Full<Bytes>;
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// Everything a request handler can reach.
 /// Memory for the shapes of senders' batches and their series' work (validation, remote-write
 /// encoding: about 30 KB for an agent's 164 series): room for a few thousand agents per
 /// collector.
 const INGEST_SHAPE_BYTES: usize = 128 << 20;
 
+/// Everything a request handler can reach.
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
@@ -770,8 +770,6 @@ async fn ingest(
     let started = Instant::now();
     let cfg = &state.config.ingest;
     let (parts, body) = req.into_parts();
-    // Formatted only for the log of a refusal.
-    let peer = Peer(peer);
     let reject = |e: IngestError, samples: usize| {
         state
             .events
@@ -876,9 +874,7 @@ async fn ingest(
         )
         .await;
     if let Some(shape) = shape {
-        state
-            .shapes
-            .put(&principal.tenant, &batch.header.agent_id, shape);
+        state.shapes.put(&principal.tenant, sender, shape);
     }
     match routed {
         Ok(stats) => {
@@ -906,15 +902,6 @@ async fn ingest(
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
             resp
         }
-    }
-}
-
-/// A sender's address, formatted when a log line needs it.
-struct Peer(SocketAddr);
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }
 

@@ -479,20 +479,15 @@ mod tests {
 
     #[test]
     fn direct_encoding_matches_prost_over_chunks() {
-        let b = batch(&[
+        let specs: [Spec<'_>; 4] = [
             ("a", &[("job", "x"), ("zone", "1")], 3),
             ("b", &[("Area", "up"), ("b", "y")], 7),
             ("c", &[], 1),
             ("d", &[("z", "\u{e9}t\u{e9}")], 4),
-        ]);
+        ];
+        let b = batch(&specs);
         // The same series as two batches of one unit: the first two, and the rest.
-        let (b1, b2) = (
-            batch(&[
-                ("a", &[("job", "x"), ("zone", "1")], 3),
-                ("b", &[("Area", "up"), ("b", "y")], 7),
-            ]),
-            batch(&[("c", &[], 1), ("d", &[("z", "\u{e9}t\u{e9}")], 4)]),
-        );
+        let (b1, b2) = (batch(&specs[..2]), batch(&specs[2..]));
         for max in [1, 4, 5, 1000] {
             let whole = prepare(&b, max);
             assert_eq!(prepared_samples(&whole), b.sample_count());

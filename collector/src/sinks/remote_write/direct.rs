@@ -41,7 +41,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::send::{Attempt, attempt};
+use super::send::{Attempt, attempt, delivered, refused};
 use super::{Inner, SinkError, convert};
 use sonde_common::remote_write;
 
@@ -97,7 +97,7 @@ impl Item {
     pub(super) fn record(&self) -> Bytes {
         match &self.source {
             RecordSource::Envelope(envelope) => {
-                super::record::record_of(envelope, self.tenant.as_deref())
+                super::record::encode_envelope(envelope, self.tenant.as_deref())
             }
             RecordSource::Record(record) => record.clone(),
         }
@@ -313,10 +313,9 @@ impl Direct {
             .collect();
         let result = inner.queue.push_with(&records).await;
         inner.stats.spills.inc();
+        inner.stats.queued(&result, group.len(), samples);
         match &result {
             Ok(()) => {
-                inner.stats.batches_enqueued.add(group.len() as u64);
-                inner.stats.samples_enqueued.add(samples as u64);
                 tracing::warn!(
                     url = %inner.cfg.url,
                     batches = group.len(),
@@ -325,10 +324,6 @@ impl Direct {
                 );
             }
             Err(e) => {
-                inner
-                    .stats
-                    .enqueue_refused
-                    .add(super::refusal_reason(e), group.len() as u64);
                 tracing::warn!(
                     url = %inner.cfg.url,
                     batches = group.len(),
@@ -428,10 +423,7 @@ async fn send_requests(
                 },
             };
         match outcome {
-            Attempt::Delivered => {
-                inner.stats.requests.add("2xx", 1);
-                inner.stats.sent(samples, body.len(), started.elapsed());
-            }
+            Attempt::Delivered => delivered(inner, samples, body.len(), started),
             Attempt::Retry { outcome, cause, .. } => {
                 inner.stats.requests.add(outcome, 1);
                 if inner.stats.should_log() {
@@ -443,17 +435,7 @@ async fn send_requests(
                 }
                 return false;
             }
-            Attempt::Refused { outcome, cause } => {
-                inner.stats.requests.add(outcome, 1);
-                inner.stats.samples_dropped.add("rejected", samples as u64);
-                if inner.stats.should_log() {
-                    tracing::warn!(
-                        url = %inner.cfg.url,
-                        samples,
-                        "remote storage refused samples for good, dropping them: {cause}"
-                    );
-                }
-            }
+            Attempt::Refused { outcome, cause } => refused(inner, outcome, samples, &cause),
         }
     }
     true

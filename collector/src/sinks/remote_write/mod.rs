@@ -4,8 +4,9 @@
 //! # Path
 //! [`RemoteWriteSink::enqueue`] encodes the batch for sending ([`convert::prepare`], with the
 //! series' labels encoded once per shape of a sender's batches when the route passes them:
-//! [`SeriesLabels`]) and as a queue record (native wire format, zstd, with its tenant:
-//! [`record`]). While the storage keeps up, the [`direct`] path forwards it before answering:
+//! [`SeriesLabels`]) and keeps what its queue record is made of (native wire format, zstd,
+//! with its tenant: [`record`]; a native push's envelope is made into one only if the batch
+//! goes to the queue). While the storage keeps up, the [`direct`] path forwards it before answering:
 //! batches arriving within `direct.wait` of each other share a request, and the push returns
 //! once the storage acknowledged it; the disk queue is not touched. When the storage fails or
 //! is slow, batches go to the sink's own [`DiskQueue`] until it has drained, and `enqueue`
@@ -293,23 +294,13 @@ impl RemoteWriteSink {
     }
 
     async fn push_to_queue(&self, item: Item) -> Result<(), SinkError> {
-        let stats = &self.inner.stats;
-        match self
+        let result = self
             .inner
             .queue
             .push_with(&[(item.record(), Some(item.prepared))])
-            .await
-        {
-            Ok(()) => {
-                stats.batches_enqueued.inc();
-                stats.samples_enqueued.add(item.samples as u64);
-                Ok(())
-            }
-            Err(e) => {
-                stats.enqueue_refused.add(refusal_reason(&e), 1);
-                Err(e.into())
-            }
-        }
+            .await;
+        self.inner.stats.queued(&result, 1, item.samples);
+        result.map_err(SinkError::from)
     }
 
     /// Starts the sending side: it runs until `shutdown` is cancelled, then drains (see the
@@ -402,15 +393,5 @@ impl RemoteWriteSink {
     /// false while they go through the disk queue.
     pub fn is_direct(&self) -> bool {
         self.inner.direct.as_ref().is_some_and(Direct::is_direct)
-    }
-}
-
-/// The `enqueue_refused` reason of a queue error.
-fn refusal_reason(e: &QueueError) -> &'static str {
-    match e {
-        QueueError::Full { .. } => "full",
-        QueueError::TooLarge { .. } => "too_large",
-        QueueError::Closed => "closed",
-        _ => "error",
     }
 }

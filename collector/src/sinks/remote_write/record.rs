@@ -56,25 +56,13 @@ pub(crate) fn validate_tenant(tenant: &str) -> Result<(), SinkError> {
 /// Encodes a batch and its (already validated) tenant as a queue record.
 pub(crate) fn encode(batch: &Batch, tenant: Option<&str>) -> Result<Bytes, SinkError> {
     let envelope = wire::encode(batch, Compression::Zstd)?;
-    encode_envelope(&envelope, tenant)
+    Ok(encode_envelope(&envelope, tenant))
 }
 
 /// A queue record around an envelope that is already encoded (a native push's body, validated:
-/// storing it as is saves re-encoding every batch).
-pub(crate) fn encode_envelope(envelope: &[u8], tenant: Option<&str>) -> Result<Bytes, SinkError> {
-    let t = tenant.unwrap_or_default();
-    if t.len() > MAX_TENANT_LEN {
-        return Err(SinkError::BadTenant {
-            tenant: t.chars().take(64).collect(),
-            reason: "longer than 150 characters",
-        });
-    }
-    Ok(record_of(envelope, tenant))
-}
-
-/// [`encode_envelope`] for a tenant already validated ([`validate_tenant`]: at most
-/// [`MAX_TENANT_LEN`] bytes).
-pub(crate) fn record_of(envelope: &[u8], tenant: Option<&str>) -> Bytes {
+/// storing it as is saves re-encoding every batch), for a tenant already validated
+/// ([`validate_tenant`]: at most [`MAX_TENANT_LEN`] bytes).
+pub(crate) fn encode_envelope(envelope: &[u8], tenant: Option<&str>) -> Bytes {
     let tenant = tenant.unwrap_or_default().as_bytes();
     let tenant = &tenant[..tenant.len().min(MAX_TENANT_LEN)];
     let mut out = Vec::with_capacity(2 + tenant.len() + envelope.len());

@@ -253,8 +253,7 @@ async fn send_shard(
             };
             match attempt {
                 Attempt::Delivered => {
-                    inner.stats.requests.add("2xx", 1);
-                    inner.stats.sent(samples, body.len(), started.elapsed());
+                    delivered(inner, samples, body.len(), started);
                     break;
                 }
                 Attempt::Retry {
@@ -280,21 +279,33 @@ async fn send_shard(
                     }
                 }
                 Attempt::Refused { outcome, cause } => {
-                    inner.stats.requests.add(outcome, 1);
-                    inner.stats.samples_dropped.add("rejected", samples as u64);
-                    if inner.stats.should_log() {
-                        tracing::warn!(
-                            %url,
-                            samples,
-                            "remote storage refused samples for good, dropping them: {cause}"
-                        );
-                    }
+                    refused(inner, outcome, samples, &cause);
                     break;
                 }
             }
         }
     }
     true
+}
+
+/// Counts a request the storage acknowledged.
+pub(super) fn delivered(inner: &Inner, samples: usize, body_bytes: usize, started: Instant) {
+    inner.stats.requests.add("2xx", 1);
+    inner.stats.sent(samples, body_bytes, started.elapsed());
+}
+
+/// Counts and logs (rate-limited) a request the storage refused for good: its samples are
+/// dropped, since retrying cannot help.
+pub(super) fn refused(inner: &Inner, outcome: &'static str, samples: usize, cause: &str) {
+    inner.stats.requests.add(outcome, 1);
+    inner.stats.samples_dropped.add("rejected", samples as u64);
+    if inner.stats.should_log() {
+        tracing::warn!(
+            url = %inner.cfg.url,
+            samples,
+            "remote storage refused samples for good, dropping them: {cause}"
+        );
+    }
 }
 
 pub(super) async fn attempt(inner: &Inner, body: Bytes, tenant: Option<&str>) -> Attempt {

@@ -5,7 +5,7 @@ use sonde_common::telemetry::{Counter, Histogram, LATENCY_BUCKETS, LabeledCounte
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::queue::QueueStats;
+use crate::queue::{QueueError, QueueStats};
 
 /// Log at most one line per this interval for repeated failures.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -76,6 +76,26 @@ impl SinkStats {
         self.send_duration.observe(took.as_secs_f64());
         self.last_send_micros
             .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `batches` batches of `samples` samples pushed to the queue as one unit, stored
+    /// or refused per `result`.
+    pub(crate) fn queued(&self, result: &Result<(), QueueError>, batches: usize, samples: usize) {
+        match result {
+            Ok(()) => {
+                self.batches_enqueued.add(batches as u64);
+                self.samples_enqueued.add(samples as u64);
+            }
+            Err(e) => {
+                let reason = match e {
+                    QueueError::Full { .. } => "full",
+                    QueueError::TooLarge { .. } => "too_large",
+                    QueueError::Closed => "closed",
+                    _ => "error",
+                };
+                self.enqueue_refused.add(reason, batches as u64);
+            }
+        }
     }
 
     /// True at most once per [`LOG_EVERY`].
